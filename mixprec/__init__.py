@@ -1,0 +1,2 @@
+"""mixprec: mixed-precision detection training."""
+__version__ = '0.1.0'
