@@ -1,0 +1,98 @@
+"""Distributed helpers: torchrun initialisation, rank queries and collective shortcuts."""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def init_dist(launcher: str, backend: str | None = None, timeout_s: int = 1800) -> None:
+    """Initialise the default process group from torchrun's (or SLURM's) environment.
+
+    NCCL when CUDA is available, gloo on the CPU, unless ``backend`` says otherwise.
+    """
+    if launcher == 'slurm':
+        _slurm_env_to_torchrun()
+    elif launcher != 'pytorch':
+        raise ValueError(f'launcher must be "none", "pytorch" or "slurm", got {launcher!r}')
+    missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+    if missing:
+        raise RuntimeError(f'--launcher {launcher} needs the environment torchrun sets; missing {", ".join(missing)}')
+    if backend is None or (backend == 'nccl' and not torch.cuda.is_available()):
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+    if backend == 'nccl':
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _slurm_env_to_torchrun() -> None:
+    """Translate srun's variables into the ones ``init_process_group('env://')`` reads."""
+    os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+    os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+    os.environ.setdefault('LOCAL_RANK', os.environ['SLURM_LOCALID'])
+    os.environ.setdefault('MASTER_PORT', '29500')
+    if 'MASTER_ADDR' not in os.environ:
+        import subprocess
+        nodes = os.environ['SLURM_NODELIST']
+        first = subprocess.check_output(['scontrol', 'show', 'hostnames', nodes], text=True).split()[0]
+        os.environ['MASTER_ADDR'] = first
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_dist_info() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) outside a distributed run."""
+    if is_dist():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (in place); the identity outside a distributed run."""
+    if is_dist():
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def collect_results(part: list, size: int) -> list | None:
+    """Gather each rank's results on rank 0 in dataset order, dropping sampler padding.
+
+    Ranks hold interleaved shards (rank r has samples r, r + W, r + 2W, ...) as the
+    distributed test sampler deals them; returns None on ranks other than 0.
+    """
+    rank, world = get_dist_info()
+    if world == 1:
+        return part[:size]
+    parts: list | None = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    if rank != 0:
+        return None
+    ordered = [res for group in zip(*parts) for res in group]
+    return ordered[:size]
