@@ -1,0 +1,6 @@
+"""Detection models: backbones, necks, heads, losses, detectors and their task utilities."""
+from . import task_modules
+from . import losses
+from .builder import build_backbone, build_detector, build_head, build_loss, build_neck, build_task_util
+
+__all__ = ['build_backbone', 'build_detector', 'build_head', 'build_loss', 'build_neck', 'build_task_util']

@@ -1,0 +1,43 @@
+"""Thin helpers that build model parts from config dicts through the registries."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import nn
+
+from mixprec.registry import MODELS, TASK_UTILS
+
+
+def build_backbone(cfg: dict) -> nn.Module:
+    return MODELS.build(cfg)
+
+
+def build_neck(cfg: dict) -> nn.Module:
+    return MODELS.build(cfg)
+
+
+def build_head(cfg: dict) -> nn.Module:
+    return MODELS.build(cfg)
+
+
+def build_loss(cfg: dict) -> nn.Module:
+    return MODELS.build(cfg)
+
+
+def build_task_util(cfg: dict, default_args: Optional[dict] = None) -> Any:
+    """Anchor generators, box coders, assigners and samplers."""
+    return TASK_UTILS.build(cfg, default_args)
+
+
+def build_detector(cfg: dict, train_cfg: Optional[dict] = None, test_cfg: Optional[dict] = None) -> nn.Module:
+    """Build a detector from ``cfg`` (train_cfg / test_cfg normally live inside ``cfg``).
+
+    The detector initialises its weights in its constructor (``init_weights()``), so the result is
+    ready to train; build it after ``torch.manual_seed`` for reproducible weights.
+    """
+    defaults = {}
+    if train_cfg is not None:
+        defaults['train_cfg'] = train_cfg
+    if test_cfg is not None:
+        defaults['test_cfg'] = test_cfg
+    return MODELS.build(cfg, default_args=defaults or None)

@@ -1,0 +1,69 @@
+"""L1 and smooth L1 box regression losses."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from mixprec.fp16 import force_fp32
+from mixprec.registry import MODELS
+
+from .utils import check_reduction, weight_reduce_loss
+
+
+def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Element-wise |pred - target|, fp32."""
+    return (pred.float() - target.float()).abs()
+
+
+def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0) -> Tensor:
+    """Element-wise Huber-style loss: quadratic under ``beta``, linear above, fp32."""
+    diff = (pred.float() - target.float()).abs()
+    if beta <= 0:
+        return diff
+    return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+
+
+class _ElementwiseLoss(nn.Module):
+    fp16_enabled = False
+
+    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @force_fp32(apply_to=('pred', 'target'))
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                avg_factor: Optional[float] = None, reduction_override: Optional[str] = None) -> Tensor:
+        """pred, target [n, 4]; weight [n, 4] or broadcastable. Empty targets give a zero with grad."""
+        reduction = check_reduction(reduction_override, self.reduction)
+        if target.numel() == 0:
+            return pred.float().sum() * 0
+        loss = self.elementwise(pred, target)
+        if weight is not None:
+            weight = weight.float()
+        return self.loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+@MODELS.register_module()
+class L1Loss(_ElementwiseLoss):
+    """Mean absolute error (RetinaNet and R-CNN box regression)."""
+
+    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
+        return l1_loss(pred, target)
+
+
+@MODELS.register_module()
+class SmoothL1Loss(_ElementwiseLoss):
+    """Smooth L1 with transition point ``beta``."""
+
+    def __init__(self, beta: float = 1.0, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__(reduction, loss_weight)
+        self.beta = beta
+
+    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
+        return smooth_l1_loss(pred, target, self.beta)

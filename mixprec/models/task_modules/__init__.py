@@ -1,0 +1,12 @@
+"""Anchors, box coding, assignment, sampling and box operations used by the heads."""
+from .anchor_generator import AnchorGenerator
+from .assigners import AssignResult, MaxIoUAssigner
+from .bbox_coder import DeltaXYWHBBoxCoder
+from .bbox_ops import batched_nms, bbox2result, bbox2roi, bbox_overlaps, multiclass_nms
+from .samplers import PseudoSampler, RandomSampler, SamplingResult
+
+__all__ = [
+    'AnchorGenerator', 'AssignResult', 'MaxIoUAssigner', 'DeltaXYWHBBoxCoder', 'batched_nms',
+    'bbox2result', 'bbox2roi', 'bbox_overlaps', 'multiclass_nms', 'PseudoSampler', 'RandomSampler',
+    'SamplingResult',
+]

@@ -1,0 +1,169 @@
+"""Box operations shared by the heads: overlaps, RoI packing, NMS, results formatting.
+
+Boxes are ``[x1, y1, x2, y2]`` floats; width is ``x2 - x1`` (no +1), as in mmdetection v2.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms as tv_batched_nms
+from torchvision.ops import nms as tv_nms
+
+
+def bbox_overlaps(bboxes1: Tensor, bboxes2: Tensor, mode: str = 'iou', is_aligned: bool = False,
+                  eps: float = 1e-6) -> Tensor:
+    """IoU (or IoF: intersection over the area of ``bboxes1``) between two sets of boxes.
+
+    Args:
+        bboxes1: [N, 4] (extra trailing columns such as scores are ignored).
+        bboxes2: [M, 4]; with ``is_aligned`` M must equal N.
+        mode: 'iou' or 'iof'.
+        is_aligned: compare row i with row i only.
+        eps: added to the union (or area) to avoid division by zero.
+
+    Returns:
+        [N, M] overlaps, or [N] when ``is_aligned``.
+    """
+    if mode not in ('iou', 'iof'):
+        raise ValueError(f"bbox_overlaps: mode must be 'iou' or 'iof', got {mode!r}")
+    bboxes1 = bboxes1[..., :4]
+    bboxes2 = bboxes2[..., :4]
+    area1 = (bboxes1[..., 2] - bboxes1[..., 0]) * (bboxes1[..., 3] - bboxes1[..., 1])
+    area2 = (bboxes2[..., 2] - bboxes2[..., 0]) * (bboxes2[..., 3] - bboxes2[..., 1])
+    if is_aligned:
+        lt = torch.max(bboxes1[..., :2], bboxes2[..., :2])
+        rb = torch.min(bboxes1[..., 2:], bboxes2[..., 2:])
+        wh = (rb - lt).clamp(min=0)
+        overlap = wh[..., 0] * wh[..., 1]
+        union = area1 + area2 - overlap if mode == 'iou' else area1
+    else:
+        lt = torch.max(bboxes1[..., :, None, :2], bboxes2[..., None, :, :2])
+        rb = torch.min(bboxes1[..., :, None, 2:], bboxes2[..., None, :, 2:])
+        wh = (rb - lt).clamp(min=0)
+        overlap = wh[..., 0] * wh[..., 1]
+        union = area1[..., :, None] + area2[..., None, :] - overlap if mode == 'iou' else area1[..., :, None]
+    union = union.clamp(min=eps)
+    return overlap / union
+
+
+def bbox2roi(bbox_list: Sequence[Tensor]) -> Tensor:
+    """Pack per-image boxes into RoIs.
+
+    Args:
+        bbox_list: per image a Tensor [n_i, 4] (or [n_i, >4]; only the first 4 columns are used).
+
+    Returns:
+        [sum n_i, 5] with columns ``batch_idx, x1, y1, x2, y2``.
+    """
+    rois = []
+    for img_id, bboxes in enumerate(bbox_list):
+        inds = bboxes.new_full((bboxes.size(0), 1), img_id)
+        rois.append(torch.cat([inds, bboxes[:, :4]], dim=-1))
+    return torch.cat(rois, dim=0)
+
+
+def bbox2result(bboxes: Tensor, labels: Tensor, num_classes: int) -> list[np.ndarray]:
+    """Split detections by class into the per-class result format.
+
+    Args:
+        bboxes: [n, 5] ``x1, y1, x2, y2, score``.
+        labels: [n] in 0..num_classes-1.
+
+    Returns:
+        ``num_classes`` float32 arrays [n_c, 5].
+    """
+    if bboxes.shape[0] == 0:
+        return [np.zeros((0, 5), dtype=np.float32) for _ in range(num_classes)]
+    bboxes_np = bboxes.detach().float().cpu().numpy()
+    labels_np = labels.detach().cpu().numpy()
+    return [bboxes_np[labels_np == c, :] for c in range(num_classes)]
+
+
+def _nms_args(nms_cfg: dict) -> tuple[float, int]:
+    cfg = dict(nms_cfg)
+    nms_type = cfg.pop('type', 'nms')
+    if nms_type != 'nms':
+        raise ValueError(f"nms type {nms_type!r} is not supported; use type='nms'")
+    if 'iou_threshold' not in cfg:
+        raise ValueError(f'nms config needs iou_threshold, got {nms_cfg!r}')
+    iou_threshold = float(cfg.pop('iou_threshold'))
+    max_num = int(cfg.pop('max_num', -1))
+    cfg.pop('split_thr', None)
+    if cfg:
+        raise ValueError(f'nms config has unknown keys {sorted(cfg)}; it takes type, iou_threshold, max_num')
+    return iou_threshold, max_num
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, nms_cfg: dict,
+                class_agnostic: bool = False) -> tuple[Tensor, Tensor]:
+    """NMS applied independently within each value of ``idxs`` (class or level id).
+
+    Args:
+        boxes: [n, 4]; scores: [n]; idxs: [n] integer group ids.
+        nms_cfg: ``dict(type='nms', iou_threshold=float, max_num=-1)``.
+        class_agnostic: ignore ``idxs`` and run one NMS over everything.
+
+    Returns:
+        dets: [k, 5] kept boxes with their scores, sorted by decreasing score;
+        keep: [k] indices into the inputs.
+    """
+    iou_threshold, max_num = _nms_args(nms_cfg)
+    boxes_f = boxes[:, :4].float()
+    scores_f = scores.float()
+    if boxes_f.numel() == 0:
+        keep = torch.zeros(0, dtype=torch.long, device=boxes.device)
+    elif class_agnostic:
+        keep = tv_nms(boxes_f, scores_f, iou_threshold)
+    else:
+        keep = tv_batched_nms(boxes_f, scores_f, idxs, iou_threshold)
+    if max_num > 0:
+        keep = keep[:max_num]
+    dets = torch.cat([boxes_f[keep], scores_f[keep, None]], dim=-1)
+    return dets, keep
+
+
+def multiclass_nms(multi_bboxes: Tensor, multi_scores: Tensor, score_thr: float, nms_cfg: dict,
+                   max_num: int = -1, score_factors: Optional[Tensor] = None,
+                   return_inds: bool = False):
+    """Class-aware NMS over every (box, class) pair whose score exceeds ``score_thr``.
+
+    Args:
+        multi_bboxes: [n, 4] class-agnostic or [n, C * 4] class-specific boxes.
+        multi_scores: [n, C + 1]; the last column (background) is ignored.
+        score_thr: pairs with score <= score_thr are dropped.
+        nms_cfg: ``dict(type='nms', iou_threshold=...)``.
+        max_num: keep at most this many detections (-1: all).
+        score_factors: [n] multiplied into the scores before thresholding.
+        return_inds: also return the kept indices into the flattened [n * C] pairs.
+
+    Returns:
+        dets [k, 5] (x1, y1, x2, y2, score), labels [k] (and inds [k] with ``return_inds``).
+    """
+    num_classes = multi_scores.size(1) - 1
+    num_boxes = multi_scores.size(0)
+    if multi_bboxes.shape[1] > 4:
+        bboxes = multi_bboxes.view(num_boxes, -1, 4)
+    else:
+        bboxes = multi_bboxes[:, None].expand(num_boxes, num_classes, 4)
+    scores = multi_scores[:, :-1]
+    if score_factors is not None:
+        scores = scores * score_factors[:, None]
+    labels = torch.arange(num_classes, dtype=torch.long, device=scores.device)
+    labels = labels.view(1, -1).expand_as(scores)
+
+    bboxes = bboxes.reshape(-1, 4)
+    scores = scores.reshape(-1)
+    labels = labels.reshape(-1)
+    inds = torch.nonzero(scores > score_thr).squeeze(1)
+    bboxes, scores, labels = bboxes[inds], scores[inds], labels[inds]
+
+    dets, keep = batched_nms(bboxes, scores, labels, nms_cfg)
+    if max_num > 0:
+        dets = dets[:max_num]
+        keep = keep[:max_num]
+    if return_inds:
+        return dets, labels[keep], inds[keep]
+    return dets, labels[keep]
