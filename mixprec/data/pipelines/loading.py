@@ -1,0 +1,78 @@
+"""Loading transforms: image file to array, annotation dict to gt arrays (mmdetection v2 names)."""
+from __future__ import annotations
+
+import os.path as osp
+
+import mmcv
+import numpy as np
+
+from mixprec.registry import TRANSFORMS, ConfigError
+from ..masks import decode_masks
+
+
+@TRANSFORMS.register_module()
+class LoadImageFromFile:
+    """Read ``img_prefix/img_info['filename']`` as BGR ``[H, W, 3]`` (uint8, or float32 if asked)."""
+
+    def __init__(self, to_float32: bool = False, color_type: str = 'color') -> None:
+        self.to_float32 = to_float32
+        self.color_type = color_type
+
+    def __call__(self, results: dict) -> dict:
+        prefix = results.get('img_prefix')
+        name = results['img_info']['filename']
+        filename = osp.join(prefix, name) if prefix else name
+        if not osp.isfile(filename):
+            raise FileNotFoundError(f'image file not found: {filename}')
+        img = mmcv.imread(filename, self.color_type)
+        if img is None:
+            raise OSError(f'could not decode image: {filename}')
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['filename'] = filename
+        results['ori_filename'] = name
+        results['img'] = img
+        results['img_shape'] = img.shape
+        results['ori_shape'] = img.shape
+        results['img_fields'] = ['img']
+        return results
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(to_float32={self.to_float32}, color_type={self.color_type!r})'
+
+
+@TRANSFORMS.register_module()
+class LoadAnnotations:
+    """Copy ``ann_info`` into ``gt_bboxes`` [N, 4] float32, ``gt_labels`` [N] int64,
+    ``gt_bboxes_ignore`` [K, 4] float32 and ``gt_masks`` uint8 [N, H, W] (decoded by pycocotools)."""
+
+    def __init__(self, with_bbox: bool = True, with_label: bool = True, with_mask: bool = False,
+                 poly2mask: bool = True) -> None:
+        if with_mask and not poly2mask:
+            raise ConfigError('LoadAnnotations: poly2mask=False (polygon masks) is not supported; '
+                              'masks are kept as bitmaps, use poly2mask=True')
+        self.with_bbox = with_bbox
+        self.with_label = with_label
+        self.with_mask = with_mask
+        self.poly2mask = poly2mask
+
+    def __call__(self, results: dict) -> dict:
+        ann = results['ann_info']
+        if self.with_bbox:
+            results['gt_bboxes'] = np.asarray(ann['bboxes'], dtype=np.float32).reshape(-1, 4)
+            ignore = ann.get('bboxes_ignore')
+            if ignore is not None:
+                results['gt_bboxes_ignore'] = np.asarray(ignore, dtype=np.float32).reshape(-1, 4)
+                results['bbox_fields'].append('gt_bboxes_ignore')
+            results['bbox_fields'].append('gt_bboxes')
+        if self.with_label:
+            results['gt_labels'] = np.asarray(ann['labels'], dtype=np.int64).reshape(-1)
+        if self.with_mask:
+            info = results['img_info']
+            results['gt_masks'] = decode_masks(ann['masks'], info['height'], info['width'])
+            results['mask_fields'].append('gt_masks')
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(with_bbox={self.with_bbox}, with_label={self.with_label}, '
+                f'with_mask={self.with_mask}, poly2mask={self.poly2mask})')

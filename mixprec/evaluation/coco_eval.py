@@ -1,0 +1,129 @@
+"""COCO evaluation of detector results through pycocotools' COCOeval, returning mmdetection v2 keys."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os.path as osp
+import tempfile
+from collections import OrderedDict
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .logging_utils import LoggerLike, ascii_table, print_log
+from .results_json import results2json
+
+METRICS = ('bbox', 'segm', 'proposal')
+STAT_INDEX = {'mAP': 0, 'mAP_50': 1, 'mAP_75': 2, 'mAP_s': 3, 'mAP_m': 4, 'mAP_l': 5, 'AR@100': 6,
+              'AR@300': 7, 'AR@1000': 8, 'AR_s@1000': 9, 'AR_m@1000': 10, 'AR_l@1000': 11}
+DET_ITEMS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
+PROPOSAL_ITEMS = ('AR@100', 'AR@300', 'AR@1000', 'AR_s@1000', 'AR_m@1000', 'AR_l@1000')
+
+
+def format_results(dataset, results: list, jsonfile_prefix: Optional[str] = None):
+    """Write result json files under ``jsonfile_prefix`` (or a temp dir, returned so the caller can
+    clean it up): ``(files_by_metric, tmp_dir_or_None)``."""
+    if not isinstance(results, list):
+        raise TypeError(f'results must be a list (one entry per image), got {type(results).__name__}')
+    if len(results) != len(dataset):
+        raise ValueError(f'{len(results)} results for a dataset of {len(dataset)} images')
+    tmp_dir = None
+    if jsonfile_prefix is None:
+        tmp_dir = tempfile.TemporaryDirectory()
+        jsonfile_prefix = osp.join(tmp_dir.name, 'results')
+    return results2json(dataset, results, jsonfile_prefix), tmp_dir
+
+
+def _load_predictions(coco_gt: COCO, path: str, iou_type: str) -> COCO:
+    with open(path) as f:
+        predictions = json.load(f)
+    if iou_type == 'segm':
+        for p in predictions:
+            p.pop('bbox', None)
+    if not predictions:
+        empty = COCO()
+        empty.dataset = {'images': copy.deepcopy(coco_gt.dataset['images']),
+                         'categories': copy.deepcopy(coco_gt.dataset['categories']), 'annotations': []}
+        with contextlib.redirect_stdout(io.StringIO()):
+            empty.createIndex()
+        return empty
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_gt.loadRes(predictions)
+
+
+def _classwise_table(coco_gt: COCO, coco_eval: COCOeval, cat_ids: Sequence[int]) -> str:
+    precisions = coco_eval.eval['precision']
+    cells = []
+    for idx, cat_id in enumerate(cat_ids):
+        p = precisions[:, :, idx, 0, -1]
+        p = p[p > -1]
+        ap = float(np.mean(p)) if p.size else float('nan')
+        cells += [coco_gt.loadCats(cat_id)[0]['name'], f'{ap:0.3f}']
+    columns = min(6, len(cells))
+    cells += [''] * (-len(cells) % columns)
+    header = ['category', 'AP'] * (columns // 2)
+    return ascii_table([header] + [cells[i:i + columns] for i in range(0, len(cells), columns)])
+
+
+def evaluate_coco(dataset, results: list, metric: Union[str, Sequence[str]] = 'bbox', logger: LoggerLike = None,
+                  jsonfile_prefix: Optional[str] = None, classwise: bool = False,
+                  proposal_nums: Sequence[int] = (100, 300, 1000), iou_thrs=None,
+                  metric_items: Union[str, Sequence[str], None] = None) -> dict:
+    """Evaluate ``results`` against ``dataset.coco`` (images ``dataset.img_ids``, categories ``dataset.cat_ids``).
+
+    Returns mmdetection v2's keys rounded to 3 decimals: ``{metric}_mAP ... {metric}_mAP_l`` and
+    ``{metric}_mAP_copypaste`` for 'bbox'/'segm', ``AR@100 ... AR_l@1000`` for 'proposal'.
+    COCOeval's table is logged; with ``classwise`` also the per-class AP table. Empty results give
+    COCOeval's values (0 where there is ground truth, -1 where there is none), not an error.
+    """
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise KeyError(f'metric {unknown[0]!r} is not supported; choose from {METRICS}')
+    if iou_thrs is None:
+        iou_thrs = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+    if isinstance(metric_items, str):
+        metric_items = [metric_items]
+    result_files, tmp_dir = format_results(dataset, results, jsonfile_prefix)
+    coco_gt = dataset.coco
+    eval_results: dict = OrderedDict()
+    try:
+        for name in metrics:
+            print_log(f'Evaluating {name}...', logger)
+            iou_type = 'bbox' if name == 'proposal' else name
+            if name not in result_files:
+                raise KeyError(f'metric {name!r}: the results hold no {name} entries '
+                               f'(have {sorted(result_files)})')
+            coco_det = _load_predictions(coco_gt, result_files[name], iou_type)
+            coco_eval = COCOeval(coco_gt, coco_det, iou_type)
+            coco_eval.params.catIds = list(dataset.cat_ids)
+            coco_eval.params.imgIds = list(dataset.img_ids)
+            coco_eval.params.maxDets = list(proposal_nums)
+            coco_eval.params.iouThrs = np.asarray(iou_thrs)
+            if name == 'proposal':
+                coco_eval.params.useCats = 0
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco_eval.evaluate()
+                coco_eval.accumulate()
+            summary = io.StringIO()
+            with contextlib.redirect_stdout(summary):
+                coco_eval.summarize()
+            print_log('\n' + summary.getvalue(), logger)
+            if name == 'proposal':
+                for item in metric_items or PROPOSAL_ITEMS:
+                    eval_results[item] = float(f'{coco_eval.stats[STAT_INDEX[item]]:.3f}')
+                continue
+            if classwise:
+                print_log('\n' + _classwise_table(coco_gt, coco_eval, dataset.cat_ids), logger)
+            for item in metric_items or DET_ITEMS:
+                eval_results[f'{name}_{item}'] = float(f'{coco_eval.stats[STAT_INDEX[item]]:.3f}')
+            ap = coco_eval.stats[:6]
+            eval_results[f'{name}_mAP_copypaste'] = ' '.join(f'{v:.3f}' for v in ap)
+    finally:
+        if tmp_dir is not None:
+            tmp_dir.cleanup()
+    return eval_results
