@@ -1,0 +1,17 @@
+"""Training hooks (each registered in ``mixprec.registry.HOOKS``)."""
+from .checkpoint import CheckpointHook
+from .eval import DistEvalHook, EvalHook
+from .hook import Hook, PRIORITIES, get_priority
+from .iter_timer import IterTimerHook
+from .logger import JsonLoggerHook, LoggerHook, TextLoggerHook
+from .lr_updater import (CosineAnnealingLrUpdaterHook, FixedLrUpdaterHook, LrUpdaterHook, StepLrUpdaterHook,
+                         build_lr_hook)
+from .optimizer import NonFiniteLossError, OptimizerHook
+from .sampler_seed import DistSamplerSeedHook
+
+__all__ = [
+    'CheckpointHook', 'CosineAnnealingLrUpdaterHook', 'DistEvalHook', 'DistSamplerSeedHook', 'EvalHook',
+    'FixedLrUpdaterHook', 'Hook', 'IterTimerHook', 'JsonLoggerHook', 'LoggerHook', 'LrUpdaterHook',
+    'NonFiniteLossError', 'OptimizerHook', 'PRIORITIES', 'StepLrUpdaterHook', 'TextLoggerHook',
+    'build_lr_hook', 'get_priority',
+]

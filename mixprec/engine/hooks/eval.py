@@ -1,0 +1,110 @@
+"""EvalHook / DistEvalHook: evaluate on a validation loader during training, keep the best."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+from mixprec.checkpoint import link_or_copy
+from mixprec.registry import HOOKS
+from ..rng import preserved_rng_state
+from .hook import Hook
+
+
+@HOOKS.register_module()
+class EvalHook(Hook):
+    """Every ``interval`` epochs (or iterations): test, ``dataset.evaluate``, log, keep the best.
+
+    Args:
+        dataloader: the validation loader.
+        interval: evaluate every ``interval`` epochs (``by_epoch``) or iterations.
+        save_best: a metric key (e.g. ``'bbox_mAP'``) or ``'auto'`` (the first returned key);
+            the best checkpoint is kept as ``best_{key}_epoch_{n}.pth``.
+        rule: ``'greater'`` or ``'less'`` (default ``'greater'``, ``'less'`` for keys with "loss").
+        **eval_kwargs: passed to ``dataset.evaluate`` (``metric=...``).
+    """
+
+    priority = 70
+
+    def __init__(self, dataloader, start: Optional[int] = None, interval: int = 1, by_epoch: bool = True,
+                 save_best: Optional[str] = None, rule: Optional[str] = None, **eval_kwargs) -> None:
+        if rule not in (None, 'greater', 'less'):
+            raise ValueError(f'evaluation.rule must be "greater" or "less", got {rule!r}')
+        self.dataloader = dataloader
+        self.start = start
+        self.interval = interval
+        self.by_epoch = by_epoch
+        self.save_best = save_best
+        self.rule = rule
+        self.eval_kwargs = eval_kwargs
+        self.best_score: Optional[float] = None
+        self.best_ckpt: Optional[str] = None
+        self.last_metrics: dict = {}
+
+    def after_train_epoch(self, runner) -> None:
+        if self.by_epoch and self._due(runner.epoch + 1):
+            self.evaluate_and_log(runner)
+
+    def after_train_iter(self, runner) -> None:
+        if not self.by_epoch and self._due(runner.iter + 1):
+            self.evaluate_and_log(runner)
+
+    def _due(self, progress: int) -> bool:
+        if self.start is not None and progress < self.start:
+            return False
+        return (progress - (self.start or 0)) % self.interval == 0
+
+    def test(self, runner) -> Optional[list]:
+        from ..test import single_gpu_test
+        return single_gpu_test(runner.model, self.dataloader)
+
+    def evaluate_and_log(self, runner) -> None:
+        with preserved_rng_state():
+            results = self.test(runner)
+        metrics: dict = {}
+        if runner.rank == 0:
+            metrics = self.dataloader.dataset.evaluate(results, logger=runner.logger, **self.eval_kwargs)
+            self.last_metrics = dict(metrics)
+            runner.log_val(metrics)
+            if self.save_best:
+                self._keep_best(runner, metrics)
+        runner.barrier()
+
+    def _keep_best(self, runner, metrics: dict) -> None:
+        key = next(iter(metrics)) if self.save_best == 'auto' else self.save_best
+        if key not in metrics:
+            raise KeyError(f'evaluation.save_best={key!r} is not among the metrics: {", ".join(metrics)}')
+        score = float(metrics[key])
+        rule = self.rule or ('less' if 'loss' in key else 'greater')
+        better = self.best_score is None or (score > self.best_score if rule == 'greater' else score < self.best_score)
+        if not better or math.isnan(score):
+            return
+        self.best_score = score
+        progress = f'epoch_{runner.epoch + 1}' if self.by_epoch else f'iter_{runner.iter + 1}'
+        name = f'best_{key}_{progress}.pth'
+        source = os.path.join(runner.work_dir, f'{progress}.pth')
+        target = os.path.join(runner.work_dir, name)
+        if os.path.exists(source):
+            link_or_copy(source, target)
+        else:
+            runner.save_checkpoint(runner.work_dir, name, save_optimizer=False, update_latest=False)
+        if self.best_ckpt and self.best_ckpt != target and os.path.exists(self.best_ckpt):
+            os.remove(self.best_ckpt)
+        self.best_ckpt = target
+        runner.logger.info('best %s %.4f at %s, saved %s', key, score, progress, name)
+
+    def state_dict(self) -> dict:
+        return {'best_score': self.best_score, 'best_ckpt': self.best_ckpt}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score = state.get('best_score')
+        self.best_ckpt = state.get('best_ckpt')
+
+
+@HOOKS.register_module()
+class DistEvalHook(EvalHook):
+    """EvalHook for distributed runs: every rank tests its shard, rank 0 evaluates."""
+
+    def test(self, runner) -> Optional[list]:
+        from ..test import multi_gpu_test
+        return multi_gpu_test(runner.model, self.dataloader)

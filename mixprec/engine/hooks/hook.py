@@ -1,0 +1,71 @@
+"""The hook interface: the runner calls these methods, in priority order, around each stage."""
+from __future__ import annotations
+
+PRIORITIES = {
+    'HIGHEST': 0, 'VERY_HIGH': 10, 'HIGH': 30, 'ABOVE_NORMAL': 40, 'NORMAL': 50,
+    'BELOW_NORMAL': 60, 'LOW': 70, 'VERY_LOW': 90, 'LOWEST': 100,
+}
+
+
+def get_priority(priority: int | str) -> int:
+    if isinstance(priority, int):
+        return priority
+    if priority not in PRIORITIES:
+        raise ValueError(f'hook priority must be an int or one of {", ".join(PRIORITIES)}, got {priority!r}')
+    return PRIORITIES[priority]
+
+
+class Hook:
+    """Base class: every method is a no-op; a hook overrides the stages it cares about."""
+
+    priority: int = PRIORITIES['NORMAL']
+
+    def before_run(self, runner) -> None:
+        pass
+
+    def after_run(self, runner) -> None:
+        pass
+
+    def before_train_epoch(self, runner) -> None:
+        pass
+
+    def after_train_epoch(self, runner) -> None:
+        pass
+
+    def before_train_iter(self, runner) -> None:
+        pass
+
+    def after_train_iter(self, runner) -> None:
+        pass
+
+    def before_val_epoch(self, runner) -> None:
+        pass
+
+    def after_val_epoch(self, runner) -> None:
+        pass
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """Resumable state saved in ``meta['hook_states'][ClassName]``."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @staticmethod
+    def every_n_iters(runner, n: int) -> bool:
+        return n > 0 and (runner.iter + 1) % n == 0
+
+    @staticmethod
+    def every_n_inner_iters(runner, n: int) -> bool:
+        return n > 0 and (runner.inner_iter + 1) % n == 0
+
+    @staticmethod
+    def every_n_epochs(runner, n: int) -> bool:
+        return n > 0 and (runner.epoch + 1) % n == 0
+
+    @staticmethod
+    def end_of_epoch(runner) -> bool:
+        return runner.inner_iter + 1 == len(runner.data_loader)

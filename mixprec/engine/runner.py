@@ -1,0 +1,390 @@
+"""Runner: the training loop, its hooks, checkpoints and resume.
+
+One iteration reads in one place (``_run_iter``): data -> model forward returning a dict of losses
+-> total loss and log vars (averaged across ranks for logging) -> hooks. The optimizer hook does
+backward and the step in ``after_train_iter``, so the fp16 hook can replace the fp32 one.
+
+Counters follow mmcv 1.x: inside a hook, ``epoch``, ``iter`` and ``inner_iter`` are the 0-based
+indices of the current epoch / iteration; checkpoints store completed counts.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import mixprec
+from mixprec.checkpoint import (CheckpointError, link_or_copy, load_checkpoint as load_weights, load_file,
+                                load_state_dict, save_file, unwrap_model)
+from mixprec.registry import HOOKS
+from .dist_utils import all_gather_object, barrier, get_dist_info, is_dist
+from .hooks import Hook, build_lr_hook, get_priority
+from .log_buffer import LogBuffer
+from .rng import get_rng_state, set_rng_state
+
+HOOK_STAGES = ('before_run', 'before_train_epoch', 'before_train_iter', 'after_train_iter',
+               'after_train_epoch', 'before_val_epoch', 'after_val_epoch', 'after_run')
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a SIGINT/SIGTERM once a resumable checkpoint is written."""
+
+    def __init__(self, signum: int, checkpoint: str) -> None:
+        self.signum = signum
+        self.checkpoint = checkpoint
+        super().__init__(f'{signal.Signals(signum).name} received; saved {checkpoint}; '
+                         f'continue with --resume-from {checkpoint} or --auto-resume')
+
+
+def move_to_device(data: Any, device: torch.device) -> Any:
+    """Tensors inside nested dicts/lists/tuples moved to ``device`` (no copy when already there)."""
+    if isinstance(data, torch.Tensor):
+        return data.to(device, non_blocking=True)
+    if isinstance(data, dict):
+        return {k: move_to_device(v, device) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(move_to_device(v, device) for v in data)
+    return data
+
+
+def parse_losses(losses: dict) -> tuple[torch.Tensor, OrderedDict]:
+    """Total loss (sum of keys containing 'loss') and the per-term tensors, lists summed."""
+    terms = OrderedDict()
+    for name, value in losses.items():
+        if isinstance(value, torch.Tensor):
+            terms[name] = value.mean()
+        elif isinstance(value, (list, tuple)):
+            terms[name] = sum(v.mean() for v in value)
+        else:
+            raise TypeError(f'loss {name!r} is a {type(value).__name__}; expected a Tensor or a list of Tensors')
+    loss = sum(v for k, v in terms.items() if 'loss' in k)
+    terms['loss'] = loss
+    return loss, terms
+
+
+class _SkipBatchSampler:
+    """The batches of ``batch_sampler`` after the first ``skip`` (a mid-epoch resume)."""
+
+    def __init__(self, batch_sampler, skip: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+
+    def __iter__(self):
+        for index, batch in enumerate(self.batch_sampler):
+            if index >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+
+def _skip_batches(loader: DataLoader, skip: int) -> DataLoader:
+    """A loader over the rest of the epoch; its own generator keeps the global RNG untouched.
+
+    With ``num_workers=0`` the resumed epoch then sees exactly the random numbers the uninterrupted
+    run saw; with workers, their seeds differ from the uninterrupted run's for this one epoch.
+    """
+    return DataLoader(loader.dataset, batch_sampler=_SkipBatchSampler(loader.batch_sampler, skip),
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+                      generator=torch.Generator().manual_seed(skip))
+
+
+class Runner:
+    """Epoch-based (``max_epochs``) or iteration-based (``max_iters``) training.
+
+    Args:
+        model: the detector, maybe DDP-wrapped; ``model(**batch)`` returns a dict of losses.
+        optimizer: a ``torch.optim`` optimizer over the model's parameters.
+        work_dir: where logs and checkpoints go.
+        logger: defaults to the 'mixprec' logger.
+        meta: saved in every checkpoint (config text, seed, env info, classes...).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, work_dir: Optional[str] = None,
+                 logger: Optional[logging.Logger] = None, meta: Optional[dict] = None,
+                 max_epochs: Optional[int] = None, max_iters: Optional[int] = None,
+                 timestamp: Optional[str] = None) -> None:
+        if (max_epochs is None) == (max_iters is None):
+            raise ValueError('runner needs exactly one of max_epochs and max_iters')
+        self.model = model
+        self.optimizer = optimizer
+        self.work_dir = os.path.abspath(work_dir) if work_dir else None
+        if self.work_dir:
+            os.makedirs(self.work_dir, exist_ok=True)
+        self.logger = logger or logging.getLogger('mixprec')
+        self.meta = dict(meta or {})
+        self.timestamp = timestamp or time.strftime('%Y%m%d_%H%M%S', time.localtime())
+        self.by_epoch = max_epochs is not None
+        self._max_epochs = max_epochs
+        self._max_iters = max_iters
+        self._epoch = 0
+        self._iter = 0
+        self._inner_iter = 0
+        self._resume_inner_iter = 0
+        self._hooks: list = []
+        self.log_buffer = LogBuffer()
+        self.outputs: dict = {}
+        self.data_loader: Optional[DataLoader] = None
+        self.rank, self.world_size = get_dist_info()
+        self._stop_signal: Optional[int] = None
+        self._after_iter = False
+
+    # -- read-only state for hooks --------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def iter(self) -> int:
+        return self._iter
+
+    @property
+    def inner_iter(self) -> int:
+        return self._inner_iter
+
+    @property
+    def max_epochs(self) -> Optional[int]:
+        return self._max_epochs
+
+    @property
+    def max_iters(self) -> Optional[int]:
+        return self._max_iters
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.data_loader)
+
+    @property
+    def hooks(self) -> list:
+        return self._hooks
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]['lr'])
+
+    def barrier(self) -> None:
+        barrier()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def register_hook(self, hook: Any, priority: Optional[int | str] = None) -> None:
+        """Insert ``hook`` by priority (lower runs first; equal priorities keep insertion order)."""
+        hook.priority = get_priority(priority if priority is not None else getattr(hook, 'priority', 50))
+        position = len(self._hooks)
+        for index in range(len(self._hooks) - 1, -1, -1):
+            if hook.priority >= self._hooks[index].priority:
+                position = index + 1
+                break
+            position = index
+        self._hooks.insert(position, hook)
+
+    def register_hook_from_cfg(self, cfg: dict) -> None:
+        cfg = dict(cfg)
+        priority = cfg.pop('priority', None)
+        self.register_hook(HOOKS.build(cfg), priority)
+
+    def register_training_hooks(self, lr_config: Optional[dict], optimizer_config: Any,
+                                checkpoint_config: Optional[dict], log_config: Optional[dict],
+                                custom_hooks_config: Optional[list] = None) -> None:
+        """The standard set, as mmcv 1.x: lr, optimizer, checkpoint, timer, loggers, custom hooks."""
+        if lr_config is not None:
+            self.register_hook(build_lr_hook(lr_config))
+        if optimizer_config is not None:
+            if isinstance(optimizer_config, dict):
+                optimizer_config = HOOKS.build(dict(type='OptimizerHook', **optimizer_config)
+                                               if 'type' not in optimizer_config else optimizer_config)
+            self.register_hook(optimizer_config)
+        if checkpoint_config is not None:
+            self.register_hook(HOOKS.build(dict(type='CheckpointHook', **checkpoint_config)))
+        self.register_hook(HOOKS.build(dict(type='IterTimerHook')))
+        if log_config is not None:
+            for hook_cfg in log_config.get('hooks', []):
+                hook_cfg = dict(hook_cfg)
+                hook_cfg.setdefault('interval', log_config.get('interval', 50))
+                hook_cfg.setdefault('by_epoch', self.by_epoch)
+                self.register_hook_from_cfg(hook_cfg)
+        for hook_cfg in custom_hooks_config or []:
+            self.register_hook_from_cfg(hook_cfg)
+
+    def call_hook(self, stage: str) -> None:
+        for hook in self._hooks:
+            method = getattr(hook, stage, None)
+            if method is not None:
+                method(self)
+
+    def log_val(self, metrics: dict) -> None:
+        """Hand evaluation metrics to the logger hooks (called by EvalHook on rank 0)."""
+        for hook in self._hooks:
+            if hasattr(hook, 'log_val'):
+                hook.log_val(self, metrics)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, data_loader: DataLoader) -> None:
+        """Train until ``max_epochs`` or ``max_iters``; SIGINT/SIGTERM save a checkpoint and stop."""
+        self.data_loader = data_loader
+        if len(data_loader) == 0:
+            raise ValueError('the training data loader is empty: no batches to train on')
+        if self.by_epoch:
+            self._max_iters = self._max_epochs * len(data_loader)
+        else:
+            self._max_epochs = math.ceil(self._max_iters / len(data_loader))
+        self.logger.info('Start running, work_dir: %s, max: %d epochs / %d iters', self.work_dir,
+                         self._max_epochs, self._max_iters)
+        previous = self._install_signal_handlers()
+        try:
+            self.call_hook('before_run')
+            while self._iter < self._max_iters:
+                self._train_epoch()
+            self.call_hook('after_run')
+        finally:
+            self._restore_signal_handlers(previous)
+
+    def _train_epoch(self) -> None:
+        self.model.train()
+        self.log_buffer.clear()
+        self.call_hook('before_train_epoch')
+        start, self._resume_inner_iter = self._resume_inner_iter, 0
+        loader = _skip_batches(self.data_loader, start) if start else self.data_loader
+        self._inner_iter = start
+        for data_batch in loader:
+            self.call_hook('before_train_iter')
+            self._run_iter(data_batch)
+            self._after_iter = True
+            self.call_hook('after_train_iter')
+            if self._stop_agreed:
+                self._stop_with_checkpoint()
+            self._after_iter = False
+            self._inner_iter += 1
+            self._iter += 1
+            if self._iter >= self._max_iters:
+                break
+        if self._inner_iter == len(self.data_loader):
+            self.call_hook('after_train_epoch')
+            self._epoch += 1
+
+    def _run_iter(self, data_batch: dict) -> None:
+        data_batch = move_to_device(data_batch, self.device)
+        losses = self.model(**data_batch)
+        loss, terms = parse_losses(losses)
+        log_vars = self._reduce_for_log(terms)
+        num_samples = len(data_batch['img_metas']) if 'img_metas' in data_batch else 1
+        self.outputs = dict(loss=loss, log_vars=log_vars, num_samples=num_samples)
+        self.log_buffer.update(log_vars, num_samples)
+
+    def _reduce_for_log(self, terms: OrderedDict) -> OrderedDict:
+        """Detached loss terms averaged over ranks, in one all-reduce that also carries the stop flag."""
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=values.device)
+        packed = torch.cat([values, flag])
+        if is_dist():
+            torch.distributed.all_reduce(packed)
+            packed[:-1] /= self.world_size
+        packed = packed.tolist()
+        self._stop_agreed = packed[-1] > 0
+        return OrderedDict(zip(terms.keys(), packed[:-1]))
+
+    # -- interruption --------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        self._stop_signal = None
+        self._stop_agreed = False
+
+        def request_stop(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.logger.warning('%s received: stopping after this iteration with a checkpoint '
+                                '(Ctrl-C again to abort at once)', signal.Signals(signum).name)
+
+        return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _stop_with_checkpoint(self) -> None:
+        signum = self._stop_signal or signal.SIGTERM
+        path = self.save_checkpoint(self.work_dir, 'latest.pth', update_latest=False)
+        raise TrainingInterrupted(signum, path)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _progress(self) -> tuple[int, int, int]:
+        """(completed epochs, completed iterations, completed iterations in the current epoch)."""
+        iters = self._iter + 1 if self._after_iter else self._iter
+        inner = self._inner_iter + 1 if self._after_iter else self._inner_iter
+        if self.data_loader is not None and inner >= len(self.data_loader):
+            return self._epoch + 1, iters, 0
+        return self._epoch, iters, inner
+
+    def save_checkpoint(self, out_dir: str, filename: str, save_optimizer: bool = True,
+                        update_latest: bool = True) -> str:
+        """Write ``{'meta', 'state_dict', 'optimizer'}`` atomically; all ranks call it, rank 0 writes.
+
+        ``meta`` holds the counters, every hook's state, and each rank's RNG states, so a resumed
+        run continues bit for bit.
+        """
+        epoch, iters, inner = self._progress()
+        rng_states = all_gather_object(get_rng_state())
+        path = os.path.join(out_dir, filename)
+        if self.rank != 0:
+            return path
+        meta = dict(self.meta)
+        meta.update(epoch=epoch, iter=iters, inner_iter=inner, mixprec_version=mixprec.__version__,
+                    time=time.asctime(), rng_states=rng_states,
+                    hook_states={type(h).__name__: h.state_dict() for h in self._hooks
+                                 if hasattr(h, 'state_dict') and h.state_dict()})
+        model = unwrap_model(self.model)
+        checkpoint = {'meta': meta,
+                      'state_dict': OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())}
+        if save_optimizer and self.optimizer is not None:
+            checkpoint['optimizer'] = self.optimizer.state_dict()
+        for hook in self._hooks:
+            if hasattr(hook, 'before_save_checkpoint'):
+                hook.before_save_checkpoint(self, checkpoint)
+        save_file(checkpoint, path)
+        if update_latest:
+            link_or_copy(path, os.path.join(out_dir, 'latest.pth'))
+        self.logger.info('Saved checkpoint %s (epoch %d, iter %d)', path, epoch, iters)
+        return path
+
+    def load_checkpoint(self, filename: str, strict: bool = False, trusted: bool = False) -> dict:
+        """Weights only (``load_from``): report missing, unexpected and mis-shaped keys."""
+        self.logger.info('load checkpoint from %s', filename)
+        return load_weights(self.model, filename, strict=strict, logger=self.logger, trusted=trusted)
+
+    def resume(self, filename: str, resume_optimizer: bool = True, trusted: bool = False) -> None:
+        """Restore model, optimizer, counters, hook states and RNG states from ``filename``."""
+        checkpoint = load_file(filename, map_location='cpu', trusted=trusted)
+        if not isinstance(checkpoint, dict) or not {'meta', 'state_dict'} <= set(checkpoint):
+            raise CheckpointError(f'{filename} is not a training checkpoint (no meta and state_dict); '
+                                  f'use load_from to start from its weights')
+        load_state_dict(self.model, checkpoint['state_dict'], strict=True, logger=self.logger, source=filename)
+        meta = checkpoint.get('meta', {})
+        self._epoch, self._iter = meta.get('epoch', 0), meta.get('iter', 0)
+        self._resume_inner_iter = meta.get('inner_iter', 0)
+        if resume_optimizer and 'optimizer' in checkpoint:
+            self.optimizer.load_state_dict(checkpoint['optimizer'])
+        rng_states = meta.get('rng_states')
+        if rng_states:
+            set_rng_state(rng_states[self.rank] if self.rank < len(rng_states) else rng_states[0])
+        hook_states = meta.get('hook_states', {})
+        for hook in self._hooks:
+            if type(hook).__name__ in hook_states and hasattr(hook, 'load_state_dict'):
+                hook.load_state_dict(hook_states[type(hook).__name__])
+        restored = set(meta) - {'epoch', 'iter', 'inner_iter', 'rng_states', 'hook_states', 'time'}
+        self.meta.update({k: meta[k] for k in restored if k not in self.meta})
+        self.logger.info('resumed from %s: epoch %d, iter %d', filename, self._epoch, self._iter)
