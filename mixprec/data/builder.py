@@ -22,9 +22,16 @@ def build_dataset(cfg: Union[dict, list], default_args: Optional[dict] = None) -
     return DATASETS.build(cfg, default_args)
 
 
-def worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
-    """Seed numpy, random and torch in a worker with ``seed + rank * num_workers + worker_id``."""
-    worker_seed = num_workers * rank + worker_id + seed
+def worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: Optional[int]) -> None:
+    """Seed numpy, random and torch in a worker with ``seed + rank * num_workers + worker_id``.
+
+    Without a seed, numpy and random take torch's per-worker seed, so forked workers do not
+    share one numpy stream (identical random flips in every worker).
+    """
+    if seed is None:
+        worker_seed = torch.initial_seed() % 2 ** 32
+    else:
+        worker_seed = num_workers * rank + worker_id + seed
     np.random.seed(worker_seed)
     random.seed(worker_seed)
     torch.manual_seed(worker_seed)
@@ -38,8 +45,7 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
     dist: one process per device; training (``shuffle``) uses DistributedGroupSampler, testing
     DistributedSampler (ordered, padded). Not dist: GroupSampler when shuffling, else in order; the
     batch is ``num_gpus * samples_per_gpu``. Rank and world size come from torch.distributed
-    when it is initialised. With ``seed``, workers are seeded by :func:`worker_init_fn` and the
-    samplers by ``seed + epoch``.
+    when it is initialised. Workers are seeded by :func:`worker_init_fn`, samplers by ``seed + epoch``.
     """
     rank, world_size = _dist_info()
     if dist:
@@ -51,7 +57,7 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
     else:
         sampler = GroupSampler(dataset, samples_per_gpu * num_gpus, seed=seed) if shuffle else None
         batch_size, num_workers = num_gpus * samples_per_gpu, num_gpus * workers_per_gpu
-    init_fn = partial(worker_init_fn, num_workers=num_workers, rank=rank, seed=seed) if seed is not None else None
+    init_fn = partial(worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, pin_memory=kwargs.pop('pin_memory', False), worker_init_fn=init_fn,
                       persistent_workers=persistent_workers and num_workers > 0, **kwargs)

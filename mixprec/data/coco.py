@@ -11,6 +11,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from mixprec.evaluation.coco_eval import evaluate_coco, format_results
 from mixprec.registry import DATASETS, ConfigError
 from .pipelines import Compose
 
@@ -209,14 +210,12 @@ class CocoDataset(Dataset):
 
     def format_results(self, results: list, jsonfile_prefix: Optional[str] = None, **kwargs):
         """Write COCO result json files; returns ``(files_by_metric, tmp_dir_or_None)``."""
-        from mixprec.evaluation.coco_eval import format_results
         return format_results(self, results, jsonfile_prefix)
 
     def evaluate(self, results: list, metric: Union[str, Sequence[str]] = 'bbox', logger=None,
                  jsonfile_prefix: Optional[str] = None, classwise: bool = False,
                  proposal_nums: Sequence[int] = (100, 300, 1000), iou_thrs=None, metric_items=None) -> dict:
         """COCO evaluation (see :func:`mixprec.evaluation.evaluate_coco`)."""
-        from mixprec.evaluation.coco_eval import evaluate_coco
         return evaluate_coco(self, results, metric=metric, logger=logger, jsonfile_prefix=jsonfile_prefix,
                              classwise=classwise, proposal_nums=proposal_nums, iou_thrs=iou_thrs,
                              metric_items=metric_items)

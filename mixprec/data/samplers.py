@@ -17,6 +17,8 @@ def _group_sizes(dataset) -> np.ndarray:
     flag = getattr(dataset, 'flag', None)
     if flag is None:
         raise AttributeError(f'{type(dataset).__name__} has no "flag" array; group samplers need aspect groups')
+    if len(flag) == 0:
+        raise ValueError(f'{type(dataset).__name__} is empty: no images to sample (check its annotation file)')
     return np.bincount(np.asarray(flag, dtype=np.int64))
 
 

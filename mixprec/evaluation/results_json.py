@@ -5,8 +5,7 @@ import json
 from typing import Union
 
 import numpy as np
-
-from mixprec.data.masks import encode_mask
+import pycocotools.mask as mask_utils
 
 
 def xyxy2xywh(box: np.ndarray) -> list[float]:
@@ -17,8 +16,9 @@ def xyxy2xywh(box: np.ndarray) -> list[float]:
 
 def _rle_for_json(segm: Union[dict, np.ndarray]) -> dict:
     if isinstance(segm, np.ndarray):
-        return encode_mask(segm)
-    rle = dict(segm)
+        rle = mask_utils.encode(np.asfortranarray(segm.astype(np.uint8)))
+    else:
+        rle = dict(segm)
     if isinstance(rle['counts'], bytes):
         rle['counts'] = rle['counts'].decode('ascii')
     return rle

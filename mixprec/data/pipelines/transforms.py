@@ -35,7 +35,8 @@ class Resize:
         if img_scale is None:
             self.img_scale = None
         else:
-            scales = list(img_scale) if isinstance(img_scale, list) else [img_scale]
+            single = not isinstance(img_scale, list) or all(isinstance(v, (int, float)) for v in img_scale)
+            scales = [img_scale] if single else list(img_scale)
             self.img_scale = [tuple(int(v) for v in s) for s in scales]
         if multiscale_mode not in ('range', 'value'):
             raise ConfigError(f"Resize: multiscale_mode must be 'range' or 'value', got {multiscale_mode!r}")
