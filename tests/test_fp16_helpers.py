@@ -64,22 +64,26 @@ def net_loss(model: nn.Module, img: torch.Tensor, labels: torch.Tensor) -> torch
     return module.loss(model(img), labels)
 
 
-def run(runner, hook, data, iters: Optional[int] = None) -> None:
+def plain_loss(model: nn.Module, img: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(img), labels)
+
+
+def run(runner, hook, data, loss_fn=net_loss) -> None:
     """Drive ``hook`` the way the runner does for each (img, labels) in ``data``."""
-    for img, labels in data[:iters]:
+    for img, labels in data:
         hook.before_train_iter(runner)
-        runner.outputs = {'loss': net_loss(runner.model, img, labels), 'num_samples': len(img)}
+        runner.outputs = {'loss': loss_fn(runner.model, img, labels), 'num_samples': len(img)}
         hook.after_train_iter(runner)
         runner.iter += 1
 
 
 def fp32_reference(model: nn.Module, data, lr: float = 0.1, momentum: float = 0.9,
-                   max_norm: Optional[float] = None) -> nn.Module:
+                   max_norm: Optional[float] = None, loss_fn=net_loss) -> nn.Module:
     """Plain fp32 SGD on ``model`` (modified in place) over ``data``; the ground truth."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     for img, labels in data:
         opt.zero_grad()
-        net_loss(model, img, labels).backward()
+        loss_fn(model, img, labels).backward()
         if max_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         opt.step()
