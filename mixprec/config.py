@@ -20,7 +20,8 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     try:
         cfg = Config.fromfile(path)
     except SyntaxError as exc:
-        where = f'{exc.filename or path}, line {exc.lineno}' if exc.lineno else (exc.filename or path)
+        source = exc.filename if exc.filename and not exc.filename.startswith('<') else path
+        where = f'{source}, line {exc.lineno}' if exc.lineno else source
         raise ConfigError(f'{where}: Python syntax error in the config: {exc.msg}') from None
     except FileNotFoundError as exc:
         raise ConfigError(f'{path}: {_first_line(exc)} (check the _base_ paths, relative to the config)') from None
@@ -42,9 +43,12 @@ def _first_line(exc: BaseException) -> str:
 def _require(cfg: Config, dotted: str, path: str):
     node = cfg
     for part in dotted.split('.'):
-        if not isinstance(node, dict) or part not in node or node[part] is None:
+        try:
+            node = node[part]
+        except (KeyError, TypeError, AttributeError):
+            node = None
+        if node is None:
             raise ConfigError(f'{path}: the config has no {dotted!r}; it is required for training')
-        node = node[part]
     return node
 
 
