@@ -52,6 +52,8 @@ def test_proposal_metric_keys(shapes_val):
     out = shapes_val.evaluate(proposals, metric='proposal', logger='silent')
     assert list(out) == ['AR@100', 'AR@300', 'AR@1000', 'AR_s@1000', 'AR_m@1000', 'AR_l@1000']
     assert out['AR@100'] == 1.0
+    fast = shapes_val.evaluate(proposals, metric='proposal_fast', logger='silent')
+    assert fast == {'AR@100': 1.0, 'AR@300': 1.0, 'AR@1000': 1.0}
 
 
 def test_empty_results_do_not_crash(shapes_val):

@@ -15,9 +15,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .logging_utils import LoggerLike, ascii_table, print_log
+from .recall import eval_recalls
 from .results_json import results2json
 
-METRICS = ('bbox', 'segm', 'proposal')
+METRICS = ('bbox', 'segm', 'proposal', 'proposal_fast')
 STAT_INDEX = {'mAP': 0, 'mAP_50': 1, 'mAP_75': 2, 'mAP_s': 3, 'mAP_m': 4, 'mAP_l': 5, 'AR@100': 6,
               'AR@300': 7, 'AR@1000': 8, 'AR_s@1000': 9, 'AR_m@1000': 10, 'AR_l@1000': 11}
 DET_ITEMS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
@@ -69,6 +70,18 @@ def _classwise_table(coco_gt: COCO, coco_eval: COCOeval, cat_ids: Sequence[int])
     return ascii_table([header] + [cells[i:i + columns] for i in range(0, len(cells), columns)])
 
 
+def fast_recall(dataset, results: list, proposal_nums: Sequence[int], iou_thrs, logger: LoggerLike = None) -> dict:
+    """``AR@n`` from :func:`eval_recalls` against the non-crowd boxes of ``dataset.get_ann_info``."""
+    gts = [dataset.get_ann_info(i)['bboxes'] for i in range(len(dataset))]
+    proposals = [r if isinstance(r, np.ndarray) else np.concatenate(r[0] if isinstance(r, tuple) else r)
+                 for r in results]
+    recalls = eval_recalls(gts, proposals, proposal_nums, iou_thrs)
+    ar = recalls.mean(axis=1)
+    print_log(ascii_table([['', *map(str, np.round(np.asarray(iou_thrs), 2))]] +
+                          [[str(n), *(f'{v:.3f}' for v in row)] for n, row in zip(proposal_nums, recalls)]), logger)
+    return {f'AR@{n}': float(f'{v:.4f}') for n, v in zip(proposal_nums, ar)}
+
+
 def evaluate_coco(dataset, results: list, metric: Union[str, Sequence[str]] = 'bbox', logger: LoggerLike = None,
                   jsonfile_prefix: Optional[str] = None, classwise: bool = False,
                   proposal_nums: Sequence[int] = (100, 300, 1000), iou_thrs=None,
@@ -76,7 +89,8 @@ def evaluate_coco(dataset, results: list, metric: Union[str, Sequence[str]] = 'b
     """Evaluate ``results`` against ``dataset.coco`` (images ``dataset.img_ids``, categories ``dataset.cat_ids``).
 
     Returns mmdetection v2's keys rounded to 3 decimals: ``{metric}_mAP ... {metric}_mAP_l`` and
-    ``{metric}_mAP_copypaste`` for 'bbox'/'segm', ``AR@100 ... AR_l@1000`` for 'proposal'.
+    ``{metric}_mAP_copypaste`` for 'bbox'/'segm', ``AR@100 ... AR_l@1000`` for 'proposal',
+    ``AR@n`` (mean recall over ``iou_thrs``, greedy matching) for 'proposal_fast'.
     COCOeval's table is logged; with ``classwise`` also the per-class AP table. Empty results give
     COCOeval's values (0 where there is ground truth, -1 where there is none), not an error.
     """
@@ -94,6 +108,9 @@ def evaluate_coco(dataset, results: list, metric: Union[str, Sequence[str]] = 'b
     try:
         for name in metrics:
             print_log(f'Evaluating {name}...', logger)
+            if name == 'proposal_fast':
+                eval_results.update(fast_recall(dataset, results, proposal_nums, iou_thrs, logger))
+                continue
             iou_type = 'bbox' if name == 'proposal' else name
             if name not in result_files:
                 raise KeyError(f'metric {name!r}: the results hold no {name} entries '
