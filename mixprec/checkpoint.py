@@ -56,16 +56,28 @@ def load_file(filename: str, map_location: Any = 'cpu', trusted: bool = False) -
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as exc:
-        if 'Weights only load failed' in str(exc):
+        if 'Weights only load failed' in str(exc) and _is_torch_zip(path):
             raise CheckpointError(
                 f'{path} holds Python objects beyond tensors, which could run code when loaded; refused. '
                 f'If you trust its source, load it with trusted=True (tools: --trusted-checkpoint)') from None
-        raise CheckpointError(f'{path} is not a PyTorch checkpoint ({exc})') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if os.path.getsize(path) == 0:
-            message = 'the file is empty'
-        raise CheckpointError(f'{path} is truncated or not a PyTorch checkpoint ({message})') from None
+        raise CheckpointError(f'{path} is truncated or not a PyTorch checkpoint ({_first_line(exc)})') from None
+    except Exception as exc:
+        reason = 'the file is empty' if os.path.getsize(path) == 0 else _first_line(exc)
+        raise CheckpointError(f'{path} is truncated or not a PyTorch checkpoint ({reason})') from None
+
+
+def _is_torch_zip(path: str) -> bool:
+    """A complete torch.save archive (so a weights_only refusal is about its content, not damage)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def save_file(obj: Any, filename: str) -> None:
