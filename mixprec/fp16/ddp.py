@@ -38,7 +38,10 @@ def rebuild_ddp(ddp: DistributedDataParallel) -> DistributedDataParallel:
     ``before_run``). Every rank must call this (the constructor broadcasts rank 0's parameters).
     """
     accepted = inspect.signature(type(ddp).__init__).parameters
-    kwargs = {name: getattr(ddp, name) for name in _COPIED if name in accepted and hasattr(ddp, name)}
+    copied = _COPIED
+    if 'forward_sync_buffers' in accepted and hasattr(ddp, 'forward_sync_buffers'):
+        copied = tuple(n if n != 'broadcast_buffers' else 'forward_sync_buffers' for n in copied)
+    kwargs = {name: getattr(ddp, name) for name in copied if name in accepted and hasattr(ddp, name)}
     if 'bucket_cap_mb' in accepted and getattr(ddp, 'bucket_bytes_cap', None):
         kwargs['bucket_cap_mb'] = ddp.bucket_bytes_cap / 2**20
     if 'gradient_as_bucket_view' in accepted:
