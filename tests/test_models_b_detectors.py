@@ -1,0 +1,201 @@
+"""Faster R-CNN and Mask R-CNN: state-dict names of the reference models, training losses and
+test-time results of tiny models, mixed precision."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from mmengine import Config
+
+import mixprec.models  # noqa: F401  (registers every model part)
+from mixprec.fp16 import wrap_fp16_model
+from mixprec.registry import MODELS
+
+CONFIGS = {'faster': 'configs/_base_/models/faster_rcnn_r50_fpn.py',
+           'mask': 'configs/_base_/models/mask_rcnn_r50_fpn.py'}
+
+
+def model_cfg(kind: str) -> dict:
+    cfg = Config.fromfile(CONFIGS[kind]).model.to_dict()
+    cfg['backbone']['init_cfg'] = None  # no network here; random init
+    return cfg
+
+
+def tiny_cfg(kind: str, num_classes: int = 3) -> dict:
+    """The reference config shrunk: ResNet-18 with 16 base channels, 32-channel FPN and heads."""
+    cfg = model_cfg(kind)
+    cfg['backbone'].update(depth=18, base_channels=16)
+    cfg['neck'].update(in_channels=[16, 32, 64, 128], out_channels=32)
+    cfg['rpn_head'].update(in_channels=32, feat_channels=32)
+    roi_head = cfg['roi_head']
+    roi_head['bbox_roi_extractor']['out_channels'] = 32
+    roi_head['bbox_head'].update(in_channels=32, fc_out_channels=64, num_classes=num_classes)
+    if kind == 'mask':
+        roi_head['mask_roi_extractor']['out_channels'] = 32
+        roi_head['mask_head'].update(in_channels=32, conv_out_channels=32, num_classes=num_classes)
+    return cfg
+
+
+def neck_and_head_shapes(kind: str) -> dict:
+    """mmdetection v2 names and shapes of everything after the backbone (80 COCO classes)."""
+    shapes = {}
+    for i, c in enumerate([256, 512, 1024, 2048]):
+        shapes[f'neck.lateral_convs.{i}.conv.weight'] = (256, c, 1, 1)
+        shapes[f'neck.lateral_convs.{i}.conv.bias'] = (256,)
+        shapes[f'neck.fpn_convs.{i}.conv.weight'] = (256, 256, 3, 3)
+        shapes[f'neck.fpn_convs.{i}.conv.bias'] = (256,)
+    shapes.update({
+        'rpn_head.rpn_conv.weight': (256, 256, 3, 3), 'rpn_head.rpn_conv.bias': (256,),
+        'rpn_head.rpn_cls.weight': (3, 256, 1, 1), 'rpn_head.rpn_cls.bias': (3,),
+        'rpn_head.rpn_reg.weight': (12, 256, 1, 1), 'rpn_head.rpn_reg.bias': (12,),
+        'roi_head.bbox_head.shared_fcs.0.weight': (1024, 12544),
+        'roi_head.bbox_head.shared_fcs.0.bias': (1024,),
+        'roi_head.bbox_head.shared_fcs.1.weight': (1024, 1024),
+        'roi_head.bbox_head.shared_fcs.1.bias': (1024,),
+        'roi_head.bbox_head.fc_cls.weight': (81, 1024), 'roi_head.bbox_head.fc_cls.bias': (81,),
+        'roi_head.bbox_head.fc_reg.weight': (320, 1024), 'roi_head.bbox_head.fc_reg.bias': (320,),
+    })
+    if kind == 'mask':
+        for i in range(4):
+            shapes[f'roi_head.mask_head.convs.{i}.conv.weight'] = (256, 256, 3, 3)
+            shapes[f'roi_head.mask_head.convs.{i}.conv.bias'] = (256,)
+        shapes.update({
+            'roi_head.mask_head.upsample.weight': (256, 256, 2, 2),
+            'roi_head.mask_head.upsample.bias': (256,),
+            'roi_head.mask_head.conv_logits.weight': (80, 256, 1, 1),
+            'roi_head.mask_head.conv_logits.bias': (80,),
+        })
+    return shapes
+
+
+@pytest.mark.parametrize('kind', ['faster', 'mask'])
+def test_reference_model_state_dict_matches_mmdetection_v2(kind):
+    expected = {f'backbone.{k}': tuple(v.shape) for k, v in torchvision.models.resnet50().state_dict().items()
+                if not k.startswith('fc.')}
+    expected.update(neck_and_head_shapes(kind))
+    model = MODELS.build(model_cfg(kind))
+    assert type(model).__name__ == {'faster': 'FasterRCNN', 'mask': 'MaskRCNN'}[kind]
+    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(expected) - set(actual)) == []
+    assert sorted(set(actual) - set(expected)) == []
+    assert actual == expected
+
+
+def test_reference_configs_carry_the_design_values():
+    faster, mask = (Config.fromfile(CONFIGS[k]).model for k in ('faster', 'mask'))
+    assert faster.train_cfg.rcnn.assigner.match_low_quality is False
+    assert mask.train_cfg.rcnn.assigner.match_low_quality is True
+    assert mask.train_cfg.rcnn.mask_size == 28 and mask.test_cfg.rcnn.mask_thr_binary == 0.5
+    for cfg in (faster, mask):
+        assert cfg.roi_head.bbox_head.bbox_coder.target_stds == [0.1, 0.1, 0.2, 0.2]
+        assert cfg.train_cfg.rcnn.sampler.num == 512 and cfg.train_cfg.rcnn.sampler.pos_fraction == 0.25
+        assert cfg.test_cfg.rcnn == dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
+                                         max_per_img=100, **({'mask_thr_binary': 0.5} if cfg is mask else {}))
+        assert cfg.backbone.init_cfg == dict(type='Pretrained', checkpoint='torchvision://resnet50')
+    assert mask.roi_head.mask_roi_extractor.roi_layer.output_size == 14
+
+
+def tiny_batch(with_masks: bool):
+    """Two 96 x 128 images (the second padded from 96 x 112), resized 2x from their originals."""
+    torch.manual_seed(1)
+    img = torch.randn(2, 3, 96, 128)
+    metas = [dict(img_shape=(96, 128, 3), ori_shape=(48, 64, 3), pad_shape=(96, 128, 3),
+                  scale_factor=np.full(4, 2.0, dtype=np.float32), flip=False),
+             dict(img_shape=(96, 112, 3), ori_shape=(48, 56, 3), pad_shape=(96, 128, 3),
+                  scale_factor=np.full(4, 2.0, dtype=np.float32), flip=False)]
+    batch = dict(img=img, img_metas=metas,
+                 gt_bboxes=[torch.tensor([[10., 10., 50., 60.]]),
+                            torch.tensor([[20., 5., 100., 90.], [0., 0., 30., 30.]])],
+                 gt_labels=[torch.tensor([0]), torch.tensor([1, 2])])
+    if with_masks:
+        masks = [torch.zeros(1, 96, 128, dtype=torch.uint8), torch.zeros(2, 96, 128, dtype=torch.uint8)]
+        for m, boxes in zip(masks, batch['gt_bboxes']):
+            for j, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+                m[j, y1:y2, x1:x2] = 1
+        batch['gt_masks'] = masks
+    return batch
+
+
+LOSS_KEYS = ['loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'acc', 'loss_bbox']
+
+
+def total_loss(losses: dict) -> torch.Tensor:
+    total = 0
+    for key, value in losses.items():
+        if 'loss' in key:
+            total = total + (sum(value) if isinstance(value, list) else value)
+    return total
+
+
+@pytest.mark.parametrize('kind', ['faster', 'mask'])
+def test_forward_train_gives_finite_losses_and_gradients(kind):
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_cfg(kind))
+    model.train()
+    batch = tiny_batch(with_masks=kind == 'mask')
+    losses = model(**batch)
+    assert sorted(losses) == sorted(LOSS_KEYS + (['loss_mask'] if kind == 'mask' else []))
+    for key, value in losses.items():
+        for v in (value if isinstance(value, list) else [value]):
+            assert v.ndim == 0 and torch.isfinite(v), key
+    total_loss(losses).backward()
+    head = model.roi_head.bbox_head
+    assert head.fc_cls.weight.grad.abs().sum() > 0 and head.shared_fcs[0].weight.grad is not None
+    if kind == 'mask':
+        assert model.roi_head.mask_head.conv_logits.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('kind', ['faster', 'mask'])
+def test_simple_test_result_format(kind):
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_cfg(kind)).eval()
+    batch = tiny_batch(with_masks=False)
+    with torch.no_grad():
+        results = model(img=[batch['img']], img_metas=[batch['img_metas']], return_loss=False, rescale=True)
+    assert len(results) == 2
+    for result, meta in zip(results, batch['img_metas']):
+        bbox_results = result[0] if kind == 'mask' else result
+        assert len(bbox_results) == 3
+        assert all(r.dtype == np.float32 and r.ndim == 2 and r.shape[1] == 5 for r in bbox_results)
+        dets = np.concatenate(bbox_results)
+        assert 0 < len(dets) <= 100
+        h, w = meta['ori_shape'][:2]
+        assert dets[:, [0, 2]].max() <= w and dets[:, [1, 3]].max() <= h  # mapped to the original
+        assert dets[:, 4].min() > 0.05
+        if kind == 'mask':
+            segm_results = result[1]
+            assert [len(s) for s in segm_results] == [len(b) for b in bbox_results]
+            masks = [m for s in segm_results for m in s]
+            assert all(m.shape == (h, w) and m.dtype == np.bool_ for m in masks)
+
+
+@pytest.mark.parametrize('mode', ['master', 'autocast'])
+@pytest.mark.parametrize('kind', ['faster', 'mask'])
+def test_bf16_train_and_test(kind, mode):
+    torch.manual_seed(0)
+    model = wrap_fp16_model(MODELS.build(tiny_cfg(kind)), dtype=torch.bfloat16, mode=mode)
+    assert model.roi_head.bbox_roi_extractor.fp16_enabled and model.roi_head.bbox_head.fp16_enabled
+    model.train()
+    losses = model(**tiny_batch(with_masks=kind == 'mask'))
+    loss = total_loss(losses)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    batch = tiny_batch(with_masks=False)
+    with torch.no_grad():
+        results = model(img=batch['img'], img_metas=batch['img_metas'], return_loss=False)
+    assert len(results) == 2
+
+
+def test_mask_rcnn_without_detections_gives_empty_masks():
+    torch.manual_seed(0)
+    cfg = tiny_cfg('mask')
+    cfg['test_cfg']['rcnn']['score_thr'] = 1.0  # nothing passes
+    model = MODELS.build(cfg).eval()
+    batch = tiny_batch(with_masks=False)
+    with torch.no_grad():
+        results = model(img=batch['img'], img_metas=batch['img_metas'], return_loss=False)
+    for bbox_results, segm_results in results:
+        assert all(len(b) == 0 for b in bbox_results)
+        assert segm_results == [[], [], []]
