@@ -1,0 +1,4 @@
+"""Backbones."""
+from .resnet import ResNet
+
+__all__ = ['ResNet']

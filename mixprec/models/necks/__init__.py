@@ -1,0 +1,4 @@
+"""Necks."""
+from .fpn import FPN
+
+__all__ = ['FPN']
