@@ -2,6 +2,7 @@
 overflow flag is agreed across ranks, and accumulation all-reduces once per window."""
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -10,7 +11,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mixprec.fp16 import Fp16OptimizerHook, wrap_fp16_model
-from test_fp16_helpers import TinyNet, batches, make_runner, run
+
+sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers sit next to this file
+from test_fp16_helpers import TinyNet, batches, make_runner, run  # noqa: E402
 
 WORLD = 2
 

@@ -1,7 +1,9 @@
 """Fp16OptimizerHook on a small conv net, against fp32 references computed here."""
 import copy
 import io
+import os
 import logging
+import sys
 
 import pytest
 import torch
@@ -9,8 +11,10 @@ from torch import nn
 
 from mixprec.fp16 import Fp16OptimizerHook, LossScaleCollapseError
 from mixprec.registry import HOOKS
-from test_fp16_helpers import (TinyNet, batches, fp32_reference, make_runner, net_loss, plain_loss,
-                               run)
+
+sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers sit next to this file
+from test_fp16_helpers import (TinyNet, batches, fp32_reference, make_runner,  # noqa: E402
+                               net_loss, plain_loss, run)
 
 INF, NAN = float('inf'), float('nan')
 
@@ -123,13 +127,14 @@ def test_collapse_error_through_the_hook():
 
 
 @pytest.mark.parametrize('mode', ['master', 'autocast'])
-def test_grad_clip_equals_clipping_unscaled_fp32_grads(mode):
+@pytest.mark.parametrize('loss_scale', [512., None])  # fused unscale path; bf16's default scale 1
+@pytest.mark.parametrize('max_norm', [0.05, 1e6])  # clipping active; norm above max_norm: no-op
+def test_grad_clip_equals_clipping_unscaled_fp32_grads(mode, loss_scale, max_norm):
     """Independent reference: unscaled backward on a copy, grads as fp32, clip_grad_norm_, SGD lr 1."""
-    max_norm = 0.05
     model = TinyNet()
     if mode == 'autocast':
         del model.fp16_enabled  # the whole model then runs in fp32: the reference is exact fp32
-    runner, hook, _ = setup('bfloat16', mode, lr=1., momentum=0., model=model, loss_scale=512.,
+    runner, hook, _ = setup('bfloat16', mode, lr=1., momentum=0., model=model, loss_scale=loss_scale,
                             grad_clip=dict(max_norm=max_norm, norm_type=2))
     img, labels = batches(1)[0]
     ref_model = copy.deepcopy(runner.model)
@@ -142,14 +147,29 @@ def test_grad_clip_equals_clipping_unscaled_fp32_grads(mode):
         copies.append(q)
     unclipped = [q.grad.clone() for q in copies]
     total = nn.utils.clip_grad_norm_(copies, max_norm)
-    assert total > 2 * max_norm  # clipping is active
+    assert (total > 2 * max_norm) == (max_norm < 1)  # clipping is active in the first case only
     start = [p.detach().clone() for p in (hook._masters.params if mode == 'master' else hook._grads.params)]
     run(runner, hook, [(img, labels)])
     after = hook._masters.params if mode == 'master' else hook._grads.params
     for p0, p1, q, g in zip(start, after, copies, unclipped):
         torch.testing.assert_close(p1, p0 - q.grad, rtol=1e-6, atol=1e-9)
     assert runner.log_buffer.last('grad_norm') == pytest.approx(float(total), rel=1e-6)
-    assert not torch.allclose(flat(after), flat(p0 - g for p0, g in zip(start, unclipped)))
+    unclipped_update = flat(p0 - g for p0, g in zip(start, unclipped))
+    assert torch.allclose(flat(after), unclipped_update) == (max_norm > 1)
+
+
+def test_bf16_scale_one_still_skips_non_finite_steps(caplog):
+    runner, hook, _ = setup('bfloat16', grad_clip=dict(max_norm=10.))
+    assert hook.loss_scaler.loss_scale == 1.
+    run(runner, hook, batches(1))
+    before = flat(masters(runner))
+    handle = runner.model.conv2.bias.register_hook(lambda g: torch.full_like(g, NAN))
+    with caplog.at_level(logging.WARNING):
+        run(runner, hook, batches(1))
+    handle.remove()
+    assert torch.equal(flat(masters(runner)), before)
+    assert 'conv2.bias (nan)' in caplog.records[-1].getMessage()
+    assert runner.log_buffer.last('skipped_steps') == 1 and hook.loss_scaler.loss_scale == 1.
 
 
 def _checkpoint(runner, hook):

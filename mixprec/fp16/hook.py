@@ -118,6 +118,10 @@ class Fp16OptimizerHook:
             runner.model = rebuild_ddp(model)
         self._found_inf = torch.zeros(1, device=device)
         self._inv_scale = torch.ones(1, device=device)
+        if getattr(runner, 'iter', 0) % self.cumulative_iters:
+            self._log(runner).warning(
+                'Fp16OptimizerHook: resuming at iter %d, inside an accumulation window of %d; the '
+                'first window is shorter than the others', runner.iter, self.cumulative_iters)
         meta = getattr(runner, 'meta', None)
         if isinstance(meta, dict) and 'loss_scaler' in (meta.get('fp16') or {}):
             self.loss_scaler.load_state_dict(meta['fp16']['loss_scaler'])
@@ -151,6 +155,8 @@ class Fp16OptimizerHook:
     # ------------------------------------------------------------------ the step
     def after_train_iter(self, runner) -> None:
         """Backward of the scaled loss; at the window's end check, unscale, clip, step, copy back."""
+        if self._grads is None:
+            raise RuntimeError('Fp16OptimizerHook: after_train_iter called before before_run')
         divisor, first, last = self._window(runner.iter, getattr(runner, 'max_iters', None))
         self._grads.ensure_attached()
         if first or not self._started:
@@ -173,45 +179,67 @@ class Fp16OptimizerHook:
         if self._masters is not None:
             self._masters.ensure_grads_attached()
             self._masters.copy_grads_from(self._grads.flats)
-        overflow = self._unscale_and_check(scale)
+        norm = self._unscale_and_check(scale)
+        overflow = self._agree_on_overflow()
         log_vars = {}
         if overflow:
-            self._warn_overflow(runner, scale)
+            self._warn_overflow(runner, scale, norm)
         else:
             if self.grad_clip is not None:
-                log_vars['grad_norm'] = self._clip()
+                log_vars['grad_norm'] = self._clip(norm)
             runner.optimizer.step()
             if self._masters is not None:
                 self._masters.copy_to_model()
         self.loss_scaler.update(overflow)
         return log_vars
 
-    def _unscale_and_check(self, scale: float) -> bool:
-        """One fused pass: multiply the fp32 grads by 1/scale and flag any inf/NaN; agree across ranks."""
+    def _norm_type(self) -> float:
+        return float(self.grad_clip.get('norm_type', 2)) if self.grad_clip is not None else 2.
+
+    def _total_norm(self) -> torch.Tensor:
+        """Norm of all fp32 grads together (one kernel per flat buffer); inf/NaN if any is."""
+        grads, norm_type = self._grad_tensors, self._norm_type()
+        if len(grads) == 1:
+            return torch.linalg.vector_norm(grads[0], norm_type)
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, norm_type)), norm_type)
+
+    def _unscale_and_check(self, scale: float) -> Optional[torch.Tensor]:
+        """Unscale the fp32 grads and set the local overflow flag, in one pass over them.
+
+        scale != 1: the fused amp kernel multiplies by 1/scale and flags inf/NaN. scale == 1
+        (bf16's default): nothing to multiply, so a read-only norm pass flags them instead (a
+        norm that overflows fp32, i.e. gradients beyond ~1e19, counts as an overflow too) and its
+        value is returned for clipping."""
         found_inf = self._found_inf.zero_()
-        if self._grad_tensors:
-            torch._amp_foreach_non_finite_check_and_unscale_(
-                self._grad_tensors, found_inf, self._inv_scale.fill_(1.0 / scale))
+        if not self._grad_tensors:
+            return None
+        if scale == 1.0:
+            norm = self._total_norm()
+            found_inf.copy_(~torch.isfinite(norm))
+            return norm
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            self._grad_tensors, found_inf, self._inv_scale.fill_(1.0 / scale))
+        return None
+
+    def _agree_on_overflow(self) -> bool:
+        """The overflow flag, all_reduce(MAX)-ed across ranks when running distributed."""
+        found_inf = self._found_inf
         if self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(found_inf, op=dist.ReduceOp.MAX)
         return bool(found_inf.item())
 
-    def _clip(self) -> float:
-        """Clip the unscaled fp32 grads to ``max_norm`` (as clip_grad_norm_); return the total norm."""
-        max_norm = float(self.grad_clip['max_norm'])
-        norm_type = float(self.grad_clip.get('norm_type', 2))
-        grads = self._grad_tensors
-        if not grads:
+    def _clip(self, norm: Optional[torch.Tensor]) -> float:
+        """Clip the unscaled fp32 grads to ``max_norm`` as ``clip_grad_norm_`` does (same
+        coefficient arithmetic); the multiply is skipped when it would be by 1. Returns the norm."""
+        if not self._grad_tensors:
             return 0.0
-        if len(grads) == 1:
-            total = torch.linalg.vector_norm(grads[0], norm_type)
-        else:
-            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, norm_type)), norm_type)
-        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        torch._foreach_mul_(grads, coef)
+        total = self._total_norm() if norm is None else norm
+        coef = float(self.grad_clip['max_norm']) / (total + 1e-6)
+        if float(coef) < 1.0:
+            torch._foreach_mul_(self._grad_tensors, coef)
         return float(total)
 
-    def _warn_overflow(self, runner, scale: float) -> None:
+    def _warn_overflow(self, runner, scale: float, norm: Optional[torch.Tensor]) -> None:
         """One warning line naming the first parameters whose grads are inf or NaN."""
         views = self._masters.grad_views if self._masters is not None else self._grads.views
         bad = []
@@ -223,7 +251,9 @@ class Fp16OptimizerHook:
                 bad.append(f"{name} ({'+'.join(k for k, f in (('inf', has_inf), ('nan', has_nan)) if f)})")
         where = ', '.join(bad[:_MAX_NAMED]) + (', ...' if len(bad) > _MAX_NAMED else '')
         if not bad:
-            where = 'none on this rank (another rank overflowed)'
+            local = norm is not None and not bool(torch.isfinite(norm))
+            where = ('none, but their norm overflows fp32' if local
+                     else 'none on this rank (another rank overflowed)')
         self._log(runner).warning(
             'Fp16OptimizerHook: gradient overflow at iter %d with loss_scale %g, step skipped '
             '(%d skipped so far); non-finite grads: %s', runner.iter + 1, scale,

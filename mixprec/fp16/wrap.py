@@ -94,7 +94,9 @@ def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.flo
             module.fp16_enabled = True
             module._fp16_cfg = (dtype, mode)
             enabled += 1
-    if mode == 'autocast' and enabled == 0:
-        logger.warning('wrap_fp16_model(mode="autocast"): no module has an fp16_enabled attribute, '
-                       'so no @auto_fp16 region exists and the model will run entirely in fp32')
+    if enabled == 0:
+        consequence = ('the model runs entirely in fp32' if mode == 'autocast'
+                       else 'inputs are not cast to half; decorate forward with @auto_fp16')
+        logger.warning('wrap_fp16_model: no module has an fp16_enabled attribute, so no @auto_fp16 '
+                       'region exists: %s', consequence)
     return model
