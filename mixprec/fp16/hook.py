@@ -85,6 +85,10 @@ class Fp16OptimizerHook:
     # ------------------------------------------------------------------ setup
     def before_run(self, runner) -> None:
         """Convert the model, create the masters (master mode), rebuild DDP, restore the scaler."""
+        if self._grads is not None:
+            self._log(runner).warning('Fp16OptimizerHook: before_run called again; the model is '
+                                      'already converted, nothing to do')
+            return
         model, optimizer = runner.model, runner.optimizer
         module = unwrap(model)
         first = next(module.parameters(), None)
@@ -120,8 +124,9 @@ class Fp16OptimizerHook:
         self._inv_scale = torch.ones(1, device=device)
         if getattr(runner, 'iter', 0) % self.cumulative_iters:
             self._log(runner).warning(
-                'Fp16OptimizerHook: resuming at iter %d, inside an accumulation window of %d; the '
-                'first window is shorter than the others', runner.iter, self.cumulative_iters)
+                'Fp16OptimizerHook: resuming at iter %d, inside an accumulation window of %d '
+                'iterations: the first window is incomplete, its loss still divided by %d',
+                runner.iter, self.cumulative_iters, self.cumulative_iters)
         meta = getattr(runner, 'meta', None)
         if isinstance(meta, dict) and 'loss_scaler' in (meta.get('fp16') or {}):
             self.loss_scaler.load_state_dict(meta['fp16']['loss_scaler'])

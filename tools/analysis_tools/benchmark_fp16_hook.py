@@ -91,7 +91,9 @@ def main() -> None:
     parser.add_argument('--mode', default='master', choices=['master', 'autocast'])
     parser.add_argument('--img-size', type=int, default=512)
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--iters', type=int, default=6, help='timed iterations (after 2 warm-up ones)')
+    parser.add_argument('--iters', type=int, default=4, help='timed iterations (after 2 warm-up ones)')
+    parser.add_argument('--loss-scale', default=None,
+                        help="a number or 'dynamic' (default: the hook's, static 1.0 for bf16)")
     parser.add_argument('--no-clip', action='store_true', help='run without grad_clip')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: leave default)')
     args = parser.parse_args()
@@ -103,12 +105,16 @@ def main() -> None:
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     runner = SimpleNamespace(model=model, optimizer=optimizer, outputs={}, log_buffer=_LogBuffer(),
                              iter=0, meta={}, max_iters=None, logger=None)
-    hook = Fp16OptimizerHook(dtype=args.dtype, mode=args.mode,
+    loss_scale = args.loss_scale
+    if loss_scale not in (None, 'dynamic'):
+        loss_scale = float(loss_scale)
+    hook = Fp16OptimizerHook(dtype=args.dtype, mode=args.mode, loss_scale=loss_scale,
                              grad_clip=None if args.no_clip else dict(max_norm=35, norm_type=2))
     hook.before_run(runner)
     print(f'model: {sum(p.numel() for p in params) / 1e6:.1f}M parameters in {len(params)} tensors; '
           f'{args.dtype} {args.mode}; input {args.batch}x3x{args.img_size}x{args.img_size}; '
-          f'{torch.get_num_threads()} threads; grad_clip={not args.no_clip}')
+          f'{torch.get_num_threads()} threads; grad_clip={not args.no_clip}; '
+          f'loss_scale={hook.loss_scaler.loss_scale:g} ({hook.loss_scaler.mode})')
 
     timer = _Timer()
     backward = torch.Tensor.backward
