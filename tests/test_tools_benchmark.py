@@ -1,0 +1,145 @@
+"""tools/analysis_tools/benchmark.py: inference fps and fp32-vs-mixed training on a tiny shapes Faster R-CNN,
+and gpu_check.sh's behaviour without CUDA."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mixprec.config import load_config
+from mixprec.data import make_shapes_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARK = os.path.join(ROOT, 'tools/analysis_tools/benchmark.py')
+GPU_CHECK = os.path.join(ROOT, 'tools/analysis_tools/gpu_check.sh')
+BASES = [os.path.join(ROOT, 'configs/_base_', p) for p in
+         ('models/faster_rcnn_r50_fpn.py', 'datasets/shapes_instance.py', 'schedules/schedule_1x.py',
+          'default_runtime.py')]
+NUMBER = r'(\d+\.\d+)'
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = _load(BENCHMARK, 'benchmark')
+
+TINY_MODEL = """
+model = dict(
+    backbone=dict(depth=18, base_channels=16, init_cfg=None),
+    neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(bbox_roi_extractor=dict(out_channels=32),
+                  bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes=3)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100), rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(rpn=dict(nms_pre=100, max_per_img=50)))
+"""
+
+
+@pytest.fixture(scope='module')
+def tiny_config(tmp_path_factory):
+    """Faster R-CNN R-18 (16 base channels, 32-channel FPN) on 4 generated 96 px shapes images, bf16 mixed."""
+    tmp = tmp_path_factory.mktemp('bench')
+    root = str(tmp / 'shapes') + '/'
+    make_shapes_dataset(root, num_train=4, num_val=2, img_size=96, seed=0)
+    path = tmp / 'tiny_faster_rcnn.py'
+    path.write_text(f'_base_ = {BASES!r}\ndata_root = {root!r}\n' + TINY_MODEL +
+                    "data = dict(samples_per_gpu=2, workers_per_gpu=0,\n"
+                    "    train=dict(ann_file=data_root + 'annotations/instances_train.json',\n"
+                    "               img_prefix=data_root + 'train/', auto_create=None),\n"
+                    "    test=dict(ann_file=data_root + 'annotations/instances_val.json',\n"
+                    "              img_prefix=data_root + 'val/', auto_create=None))\n"
+                    "fp16 = dict(loss_scale=512., dtype='bfloat16')\n")
+    return str(path)
+
+
+def run_tool(*args, timeout=600):
+    return subprocess.run([sys.executable, BENCHMARK, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_inference_fps(tiny_config):
+    proc = run_tool(tiny_config, '--max-iter', '3', '--warmup', '1', '--log-interval', '1', '--img-scale', '128', '96')
+    assert proc.returncode == 0, proc.stderr
+    running = re.findall(r'Done image \[(\d+)\s*/ 3\], fps: ' + NUMBER + ' img / s', proc.stdout)
+    assert [int(i) for i, _ in running] == [2, 3]
+    overall = float(re.search(r'Overall fps: ' + NUMBER + ' img / s', proc.stdout).group(1))
+    assert overall > 0 and overall == pytest.approx(float(running[-1][1]), abs=0.05)
+
+
+@pytest.mark.slow
+def test_train_fp32_against_mixed_in_one_run(tiny_config):
+    proc = run_tool(tiny_config, '--train', '--train-iters', '1', '--warmup', '1', '--max-iter', '2',
+                    '--log-interval', '1', '--img-scale', '128', '96')
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert 'training on cpu, 2 images per iteration; memory: peak RSS' in out
+    rows = {name: [float(v) for v in values] for name, *values in
+            re.findall(r'^(fp32|bfloat16 master)\s+' + r'\s+'.join([NUMBER] * 3) + '$', out, re.M)}
+    assert set(rows) == {'fp32', 'bfloat16 master'}
+    assert all(v > 0 for values in rows.values() for v in values)
+    time_ratio, mem_ratio, fps_ratio = map(float, re.search(
+        r'ratio fp32 / mixed: time ' + NUMBER + ', memory ' + NUMBER + ', fps ' + NUMBER, out).groups())
+    fp32, mixed = rows['fp32'], rows['bfloat16 master']
+    assert time_ratio == pytest.approx(fp32[0] / mixed[0], rel=0.02, abs=0.01)
+    assert mem_ratio == pytest.approx(fp32[1] / mixed[1], rel=0.02, abs=0.01)
+    assert fps_ratio == pytest.approx(fp32[2] / mixed[2], rel=0.05, abs=0.02)
+    assert re.search(r'^\[fp32\] Overall fps: ' + NUMBER, out, re.M)
+    assert re.search(r'^\[mixed\] Overall fps: ' + NUMBER, out, re.M)
+
+
+def test_bad_counts_exit_2_in_one_line(tiny_config):
+    proc = run_tool(tiny_config, '--max-iter', '3', '--warmup', '5')
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == 'error: --max-iter (3) must exceed --warmup (5)'
+
+
+def test_set_img_scale_reaches_every_resize(tiny_config):
+    cfg = load_config(tiny_config)
+    benchmark.set_img_scale(cfg.data, (128, 96))
+    assert cfg.data.train.pipeline[2] == dict(type='Resize', img_scale=(128, 96), keep_ratio=True)
+    assert cfg.data.test.pipeline[1]['img_scale'] == (128, 96)
+    assert cfg.data.test.pipeline[1]['transforms'][0] == dict(type='Resize', keep_ratio=True)
+
+
+def test_optimizer_hook_cfg(tiny_config):
+    cfg = load_config(tiny_config)
+    cfg.optimizer_config = dict(grad_clip=dict(max_norm=35, norm_type=2))
+    assert benchmark.optimizer_hook_cfg(cfg, 'fp32') == dict(type='OptimizerHook',
+                                                             grad_clip=dict(max_norm=35, norm_type=2))
+    mixed = benchmark.optimizer_hook_cfg(cfg, 'mixed')
+    assert mixed == dict(type='Fp16OptimizerHook', grad_clip=dict(max_norm=35, norm_type=2), loss_scale=512.,
+                         dtype='bfloat16', distributed=False)
+    cfg.fp16 = None
+    assert benchmark.optimizer_hook_cfg(cfg, 'mixed')['dtype'] == 'auto'
+
+
+def test_peak_rss_can_be_reset():
+    if not benchmark.reset_peak_rss():
+        pytest.skip('/proc/self/clear_refs is not writable here')
+    before = benchmark.peak_rss_mb()
+    block = torch.ones(64 * 2 ** 20 // 4)  # 64 MB touched
+    assert benchmark.peak_rss_mb() >= before + 60
+    del block
+    assert benchmark.reset_peak_rss()
+    assert benchmark.peak_rss_mb() < before + 60
+
+
+# ---------------------------------------------------------------- gpu_check.sh
+def test_gpu_check_syntax():
+    assert subprocess.run(['bash', '-n', GPU_CHECK]).returncode == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the no-CUDA path')
+def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
+    proc = subprocess.run(['bash', GPU_CHECK], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert 'CUDA is not available' in proc.stdout and 'nothing was measured' in proc.stdout
+    assert list(tmp_path.iterdir()) == []
