@@ -38,8 +38,8 @@ class LoggerHook(Hook):
             self.write(runner, self.train_record(runner))
 
     def log_val(self, runner, metrics: dict) -> None:
-        record = OrderedDict(mode='val', epoch=runner.epoch + 1, iter=runner.iter + 1 if not self.by_epoch
-                             else runner.inner_iter + 1, lr=runner.current_lr())
+        progress = len(runner.data_loader) if self.by_epoch else runner.iter + 1
+        record = OrderedDict(mode='val', epoch=runner.epoch + 1, iter=progress, lr=runner.current_lr())
         record.update(metrics)
         self.write(runner, record)
 
