@@ -140,8 +140,8 @@ def test_loss_scale_marks_skipped_steps_and_drops(tmp_path):
 
 
 def test_scale_drop_without_skipped_steps_key_is_marked(tmp_path):
-    path = write_lines(tmp_path / 'a.log.json', [train(1, 1, loss_scale=512.0), train(1, 2, loss_scale=256.0),
-                                                 train(1, 3, loss_scale=256.0)])
+    records = [train(1, 1, loss_scale=512.0), train(1, 2, loss_scale=256.0), train(1, 3, loss_scale=256.0)]
+    path = write_lines(tmp_path / 'a.log.json', records)
     np.testing.assert_array_equal(al.extract_series(al.load_json_log(path), 'loss_scale').marked, [1])
 
 
@@ -164,7 +164,7 @@ def test_two_logs_plot_with_legend(tmp_path):
 
 
 def test_log_written_by_our_runner(tmp_path):
-    """A real run: toy model, bf16 Fp16OptimizerHook (autocast mode), JsonLoggerHook every iteration, 2 epochs x 3 iters."""
+    """A real run: toy model, bf16 Fp16OptimizerHook (autocast), JsonLoggerHook every iteration, 2 epochs x 3 iters."""
     torch.manual_seed(0)
     model = ToyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -206,6 +206,11 @@ def test_bad_logs_one_line_exit_2(tmp_path, content, message):
                            '--out', str(tmp_path / 'p.png')], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count('\n') == 0 and message in proc.stderr, proc.stderr
+
+
+def test_unknown_style(tmp_path):
+    with pytest.raises(ConfigError, match="--style 'nope' is not a matplotlib style"):
+        al.plot_curve([al.load_json_log(MMDET_LOG)], ['loss'], str(tmp_path / 'p.png'), style='nope')
 
 
 def test_missing_key_and_file_exit_2(tmp_path):

@@ -150,7 +150,8 @@ def plot_curve(logs: Sequence[JsonLog], keys: Sequence[str], out: str, legend: O
                title: Optional[str] = None, style: str = 'default') -> str:
     """Draw one panel per key with a curve per log; write the figure to ``out`` and return its path."""
     if style not in plt.style.available and style != 'default':
-        raise ConfigError(f'--style {style!r} is not a matplotlib style; try one of {", ".join(plt.style.available[:8])}')
+        raise ConfigError(f'--style {style!r} is not a matplotlib style; '
+                          f'try one of {", ".join(plt.style.available[:8])}')
     labels = iter(_legends([log.path for log in logs], keys, legend))
     series = [[extract_series(log, key) for key in keys] for log in logs]
     with plt.style.context(style):
@@ -169,7 +170,8 @@ def plot_curve(logs: Sequence[JsonLog], keys: Sequence[str], out: str, legend: O
 def _draw(ax, key: str, s: Series, label: str) -> None:
     line, = ax.plot(s.xs, s.ys, label=label, marker='o' if len(s.xs) == 1 else None)
     if len(s.marked):
-        ax.plot(s.xs[s.marked], s.ys[s.marked], linestyle='none', marker='v', color=line.get_color(), label=f'{label} skipped steps')
+        ax.plot(s.xs[s.marked], s.ys[s.marked], linestyle='none', marker='v', color=line.get_color(),
+                label=f'{label} skipped steps')
     if key == 'loss_scale':
         ax.set_yscale('log', base=2)
     ax.set_xlabel(s.x_label)

@@ -108,11 +108,13 @@ def prepare_config(args: argparse.Namespace) -> Config:
 
 # ---------------------------------------------------------------- inference
 def build_test_loader(cfg: Config, samples_per_gpu: Optional[int]):
-    """The config's test set in order, ``samples_per_gpu`` images a batch (default 1, as the model zoo)."""
+    """The config's test set in order, ``samples_per_gpu`` images a batch (default 1, as the model zoo);
+    workers persist, so cycling through a small set does not restart them."""
     test_cfg = dict(cfg.data.test)
     test_cfg.pop('samples_per_gpu', None)
     dataset = build_dataset(test_cfg, dict(test_mode=True))
-    return build_dataloader(dataset, samples_per_gpu or 1, cfg.data.get('workers_per_gpu', 0), shuffle=False)
+    return build_dataloader(dataset, samples_per_gpu or 1, cfg.data.get('workers_per_gpu', 0), shuffle=False,
+                            persistent_workers=True)
 
 
 def cycle(loader) -> Iterator[dict]:

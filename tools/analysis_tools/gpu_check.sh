@@ -73,7 +73,8 @@ for split in train val test; do
 done
 
 for name in "${MODELS[@]}"; do
-  echo "gpu_check: $name: $TRAIN_ITERS training iterations (+$WARMUP warm-up) and $FPS_ITERS inference iterations, fp32 then fp16"
+  echo "gpu_check: $name: $TRAIN_ITERS training iterations (+$WARMUP warm-up) and $FPS_ITERS inference" \
+       "iterations, fp32 then fp16"
   if ! timeout "$RUN_TIMEOUT" "$PYTHON" tools/analysis_tools/benchmark.py \
       "configs/fp16/${name}_r50_fpn_fp16_1x_coco.py" --train --train-iters "$TRAIN_ITERS" --warmup "$WARMUP" \
       --max-iter "$FPS_ITERS" --log-interval 100000 --cfg-options "${DATA_OPTS[@]}" > "$WORK/$name.txt"; then
@@ -84,7 +85,8 @@ for name in "${MODELS[@]}"; do
 done
 
 echo
-printf '%-12s %-16s %8s %15s %12s %22s\n' model precision s/iter 'train mem (GB)' 'fps (img/s)' 'mmdet V100 fp16 (GB, fps)'
+printf '%-12s %-16s %8s %15s %12s %22s\n' \
+  model precision s/iter 'train mem (GB)' 'fps (img/s)' 'mmdet V100 fp16 (GB, fps)'
 for name in "${MODELS[@]}"; do
   grep -E '^(fp32|b?float16 (master|autocast)) ' "$WORK/$name.txt" | sed -E 's/^(b?float16) (master|autocast)/\1_\2/' |
     while read -r precision s_iter mem_mb fps; do
