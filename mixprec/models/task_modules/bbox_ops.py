@@ -145,7 +145,7 @@ def multiclass_nms(multi_bboxes: Tensor, multi_scores: Tensor, score_thr: float,
     num_classes = multi_scores.size(1) - 1
     num_boxes = multi_scores.size(0)
     if multi_bboxes.shape[1] > 4:
-        bboxes = multi_bboxes.view(num_boxes, -1, 4)
+        bboxes = multi_bboxes.reshape(num_boxes, num_classes, 4)
     else:
         bboxes = multi_bboxes[:, None].expand(num_boxes, num_classes, 4)
     scores = multi_scores[:, :-1]
