@@ -11,7 +11,8 @@ mmdetection's benchmark prints it (``Overall fps: X img / s``).
 ``--train``: fp32 and the config's mixed precision (its ``fp16`` key; without one, ``dtype='auto'``:
 bfloat16 on the CPU, float16 on CUDA) each in a fresh subprocess: build the model and optimizer, train
 ``--warmup`` + ``--train-iters`` iterations on the config's training data under the Runner with the
-OptimizerHook or the Fp16OptimizerHook, and report s/iter (data loading included, after warm-up) and
+config's lr schedule (its warm-up keeps a fresh model from diverging) and the OptimizerHook or the
+Fp16OptimizerHook, and report s/iter (data loading included, after warm-up) and
 the peak memory of the measured iterations: ``torch.cuda.max_memory_allocated`` on GPUs, the
 process's peak RSS on the CPU. Then, unless ``--max-iter 0``, the trained model's inference fps.
 The table ends with the ratios fp32 / mixed. The backbone's pretrained init is dropped: weights do
@@ -103,6 +104,8 @@ def prepare_config(args: argparse.Namespace) -> Config:
         raise ConfigError(f'{args.config}: the config has no data section')
     if args.img_scale:
         set_img_scale(cfg.data, tuple(args.img_scale))
+    if cfg.get('cudnn_benchmark', False):
+        torch.backends.cudnn.benchmark = True
     return cfg
 
 
@@ -152,14 +155,20 @@ def measure_fps(model: torch.nn.Module, loader, max_iter: int, warmup: int, log_
     return fps
 
 
+def maybe_fuse(model: torch.nn.Module, fuse: bool) -> torch.nn.Module:
+    """``model`` with BatchNorm folded into the convolutions when ``fuse``."""
+    if not fuse:
+        return model
+    from mixprec.apis.fuse import fuse_conv_bn
+    return fuse_conv_bn(model)
+
+
 def benchmark_inference(args: argparse.Namespace, cfg: Config) -> list[float]:
     """fps of ``--repeat-num`` measurements of the config's model (and checkpoint)."""
     device = default_device()
     loader = build_test_loader(cfg, args.samples_per_gpu)
-    model = init_detector(cfg, args.checkpoint, device=device, classes=loader.dataset.CLASSES)
-    if args.fuse_conv_bn:
-        from mixprec.apis.fuse import fuse_conv_bn
-        model = fuse_conv_bn(model)
+    model = maybe_fuse(init_detector(cfg, args.checkpoint, device=device, classes=loader.dataset.CLASSES),
+                       args.fuse_conv_bn)
     runs = [measure_fps(model, loader, args.max_iter, args.warmup, args.log_interval, device)
             for _ in range(args.repeat_num)]
     if len(runs) > 1:
@@ -269,7 +278,7 @@ def train_one_precision(args: argparse.Namespace, cfg: Config, precision: str) -
     runner = Runner(model, optimizer, logger=logger, max_iters=args.warmup + args.train_iters)
     hook = HOOKS.build(optimizer_hook_cfg(cfg, precision))
     timer = StepTimer(args.warmup, device)
-    runner.register_hook(hook)
+    runner.register_training_hooks(cfg.get('lr_config'), hook, None, None)
     runner.register_hook(timer)
     runner.run(loader)
     result = dict(precision=precision, label=precision_label(hook), device=device.type,
@@ -277,7 +286,8 @@ def train_one_precision(args: argparse.Namespace, cfg: Config, precision: str) -
                   samples_per_gpu=samples)
     if args.max_iter:
         test_loader = build_test_loader(cfg, args.samples_per_gpu)
-        result['fps'] = measure_fps(runner.model, test_loader, args.max_iter, args.warmup, args.log_interval, device)
+        model = maybe_fuse(runner.model, args.fuse_conv_bn)
+        result['fps'] = measure_fps(model, test_loader, args.max_iter, args.warmup, args.log_interval, device)
     return result
 
 
