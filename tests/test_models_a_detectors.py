@@ -12,6 +12,15 @@ import mixprec.models  # noqa: F401  (registers the models)
 from mixprec.fp16 import wrap_fp16_model
 from mixprec.registry import MODELS
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two intra-op threads on a shared 2-core machine thrash; one is much faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
