@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import logging
+import math
 import os.path as osp
 import pickle
 from typing import Optional, Sequence, Union
@@ -13,6 +16,7 @@ from torch.utils.data import Dataset
 
 from mixprec.evaluation.coco_eval import evaluate_coco, format_results
 from mixprec.registry import DATASETS, ConfigError
+from .errors import DataError, UnreadableImageError
 from .pipelines import Compose
 
 COCO_CLASSES = (
@@ -34,12 +38,70 @@ def _join_root(data_root: Optional[str], path: Optional[str]) -> Optional[str]:
 
 
 def load_coco(ann_file: str) -> COCO:
-    """Load a COCO annotation file quietly; a missing file is a one-line FileNotFoundError."""
+    """Read and check a COCO annotation file; each problem is one line naming the file.
+
+    A missing file is a FileNotFoundError; malformed JSON, a wrong layout, an annotation whose image
+    or category is not in the file, or a bbox that is not four numbers are :class:`DataError`.
+    Boxes that are NaN/infinite or have a zero or negative size are reported in one warning and
+    skipped when the annotations are parsed.
+    """
     if not osp.isfile(ann_file):
         raise FileNotFoundError(f'annotation file not found: {ann_file} (check data_root/ann_file in the '
                                 'config; COCO goes under data/coco/annotations/)')
+    try:
+        with open(ann_file, 'rb') as f:
+            dataset = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f'{ann_file}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})') from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f'{ann_file}: not a JSON text file ({exc.reason} at byte {exc.start})') from None
+    degenerate = check_coco_annotations(dataset, ann_file)
+    if degenerate:
+        shown = ', '.join(str(i) for i in degenerate[:5]) + (', ...' if len(degenerate) > 5 else '')
+        logging.getLogger('mixprec').warning(
+            '%s: %d annotations with NaN/infinite or zero/negative-size boxes are skipped (ids %s)',
+            ann_file, len(degenerate), shown)
+    coco = COCO()
+    coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(ann_file)
+        coco.createIndex()
+    return coco
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_coco_annotations(dataset, ann_file: str) -> list:
+    """Raise :class:`DataError` for a file that is not usable COCO; return the ids of degenerate boxes."""
+    if not isinstance(dataset, dict):
+        raise DataError(f'{ann_file}: expected a JSON object with "images", "annotations" and "categories", '
+                        f'got a {type(dataset).__name__}')
+    for key in ('images', 'annotations', 'categories'):
+        if not isinstance(dataset.get(key, []), list):
+            raise DataError(f'{ann_file}: "{key}" must be a list, got {type(dataset[key]).__name__}')
+    img_ids = set()
+    for index, img in enumerate(dataset.get('images', [])):
+        missing = [k for k in ('id', 'file_name', 'width', 'height') if not isinstance(img, dict) or k not in img]
+        if missing:
+            raise DataError(f'{ann_file}: images[{index}] has no {", ".join(missing)}')
+        img_ids.add(img['id'])
+    cat_ids = {c.get('id') for c in dataset.get('categories', []) if isinstance(c, dict)}
+    degenerate = []
+    for index, ann in enumerate(dataset.get('annotations', [])):
+        ann_id = ann.get('id', f'#{index}') if isinstance(ann, dict) else f'#{index}'
+        if not isinstance(ann, dict) or ann.get('image_id') not in img_ids:
+            image_id = ann.get('image_id') if isinstance(ann, dict) else None
+            raise DataError(f'{ann_file}: annotation {ann_id} refers to image_id {image_id!r}, which is not in "images"')
+        if ann.get('category_id') not in cat_ids:
+            raise DataError(f'{ann_file}: annotation {ann_id} has category_id {ann.get("category_id")!r}, which is '
+                            f'not in "categories" (ids {sorted(cat_ids, key=str)[:10]})')
+        bbox = ann.get('bbox')
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise DataError(f'{ann_file}: annotation {ann_id}: bbox must be [x, y, w, h] (4 numbers), got {bbox!r}')
+        if not all(math.isfinite(v) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0:
+            degenerate.append(ann_id)
+    return degenerate
 
 
 @DATASETS.register_module()
@@ -54,6 +116,7 @@ class CocoDataset(Dataset):
 
     CLASSES: tuple = COCO_CLASSES
     MIN_SIZE = 32
+    MAX_DRAWS = 1000
 
     def __init__(self, ann_file: str, pipeline: Sequence[dict], img_prefix: str = '',
                  data_root: Optional[str] = None, test_mode: bool = False, filter_empty_gt: bool = True,
@@ -71,12 +134,18 @@ class CocoDataset(Dataset):
         self.proposals = self._load_proposals()
         if not test_mode:
             keep = self._filter_imgs()
+            if not keep:
+                raise DataError(
+                    f'{self.ann_file}: no training images left after filtering {len(self.data_infos)} images '
+                    f'(kept: sides >= {self.MIN_SIZE} px and, with filter_empty_gt, a usable box of '
+                    f'{", ".join(self.CLASSES)})')
             self.data_infos = [self.data_infos[i] for i in keep]
             self.img_ids = [self.img_ids[i] for i in keep]
             if self.proposals is not None:
                 self.proposals = [self.proposals[i] for i in keep]
         self.flag = self._group_flags()
         self.pipeline = Compose(pipeline)
+        self._skipped_files: set = set()
 
     @classmethod
     def get_classes(cls, classes: Union[str, Sequence[str], None] = None) -> tuple:
@@ -135,7 +204,7 @@ class CocoDataset(Dataset):
         boxes, labels, ignore, masks = [], [], [], []
         width, height = img_info['width'], img_info['height']
         for ann in anns:
-            if ann.get('ignore', False):
+            if ann.get('ignore', False) or not all(math.isfinite(v) for v in ann['bbox']):
                 continue
             x1, y1, w, h = ann['bbox']
             inter_w = max(0, min(x1 + w, width) - max(x1, 0))
@@ -200,13 +269,26 @@ class CocoDataset(Dataset):
         return int(np.random.choice(pool))
 
     def __getitem__(self, idx: int) -> dict:
+        """Test mode: image ``idx`` or an error. Training: a sample the pipeline kept, drawing another
+        image of the same aspect group for one it dropped or one that cannot be read (with a warning)."""
         if self.test_mode:
             return self.prepare_test_img(idx)
-        while True:
-            data = self.prepare_train_img(idx)
+        for _ in range(self.MAX_DRAWS):
+            data = self._try_train_img(idx)
             if data is not None:
                 return data
             idx = self._rand_another(idx)
+        raise DataError(f'{self.ann_file}: {self.MAX_DRAWS} training samples in a row were unreadable or '
+                        'dropped by the pipeline')
+
+    def _try_train_img(self, idx: int) -> Optional[dict]:
+        try:
+            return self.prepare_train_img(idx)
+        except UnreadableImageError as exc:
+            if str(exc) not in self._skipped_files:
+                self._skipped_files.add(str(exc))
+                logging.getLogger('mixprec').warning('training skips an unreadable image: %s', exc)
+            return None
 
     def format_results(self, results: list, jsonfile_prefix: Optional[str] = None, **kwargs):
         """Write COCO result json files; returns ``(files_by_metric, tmp_dir_or_None)``."""

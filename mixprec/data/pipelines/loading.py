@@ -7,12 +7,18 @@ import mmcv
 import numpy as np
 
 from mixprec.registry import TRANSFORMS, ConfigError
+from ..errors import MissingImageError, UnreadableImageError
 from ..masks import decode_masks
 
 
 @TRANSFORMS.register_module()
 class LoadImageFromFile:
-    """Read ``img_prefix/img_info['filename']`` as BGR ``[H, W, 3]`` (uint8, or float32 if asked)."""
+    """Read ``img_prefix/img_info['filename']`` as BGR ``[H, W, 3]`` (uint8, or float32 if asked).
+
+    With ``color_type='color'`` grayscale and 4-channel (alpha) images become 3-channel BGR. A missing
+    file raises :class:`MissingImageError`, one that cannot be decoded (truncated, not an image)
+    :class:`UnreadableImageError`, both naming the file.
+    """
 
     def __init__(self, to_float32: bool = False, color_type: str = 'color') -> None:
         self.to_float32 = to_float32
@@ -23,10 +29,13 @@ class LoadImageFromFile:
         name = results['img_info']['filename']
         filename = osp.join(prefix, name) if prefix else name
         if not osp.isfile(filename):
-            raise FileNotFoundError(f'image file not found: {filename}')
-        img = mmcv.imread(filename, self.color_type)
+            raise MissingImageError(f'image file not found: {filename}')
+        with open(filename, 'rb') as f:
+            content = f.read()
+        img = mmcv.imfrombytes(content, self.color_type) if content else None
         if img is None:
-            raise OSError(f'could not decode image: {filename}')
+            raise UnreadableImageError(f'{filename}: cannot decode the image ({len(content)} bytes; '
+                                       'truncated, corrupt or not an image file)')
         if self.to_float32:
             img = img.astype(np.float32)
         results['filename'] = filename
