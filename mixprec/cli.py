@@ -14,7 +14,8 @@ EXIT_FAILED = 1
 
 
 def _input_errors() -> tuple:
-    return (ConfigError, CheckpointError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+    from .data.errors import DataError
+    return (ConfigError, CheckpointError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
             PermissionError, json.JSONDecodeError)
 
 
