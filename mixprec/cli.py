@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -41,6 +42,10 @@ def run_cli(main: Callable[[], None]) -> None:
     except TrainingInterrupted as exc:
         print(f'{prefix}interrupted: {exc}', file=sys.stderr, flush=True)
         sys.exit(128 + exc.signum)
+    except KeyboardInterrupt:
+        print(f'{prefix}interrupted: SIGINT before training started or a second Ctrl-C; no checkpoint saved',
+              file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
     except _input_errors() as exc:
         if debug:
             raise
@@ -56,5 +61,7 @@ def run_cli(main: Callable[[], None]) -> None:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc.strerror or ''):
         return f'{exc.filename}: {exc.strerror or exc}'
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith('Caught ') and 'DataLoader worker' in lines[0]:
+        return lines[-1].split(': ', 1)[-1]
+    return lines[0] if lines else type(exc).__name__
