@@ -17,6 +17,7 @@ import torch
 import mixprec
 from mixprec.apis import (check_same_config_on_all_ranks, init_random_seed, set_random_seed,
                           train_detector)
+from mixprec.apis.train import config_section
 from mixprec.cli import run_cli
 from mixprec.config import DictAction, check_train_config, config_name, load_config
 from mixprec.data import build_dataset
@@ -76,16 +77,16 @@ def main(argv=None) -> None:
     cfg.seed = seed
     logger.info('Set random seed to %d, deterministic: %s', seed, args.deterministic)
 
-    model = build_detector(cfg.model)
-    dataset = build_dataset(cfg.data.train)
+    with config_section(args.config, 'model'):
+        model = build_detector(cfg.model)
+    with config_section(args.config, 'data.train'):
+        dataset = build_dataset(cfg.data.train)
     model.CLASSES = dataset.CLASSES
-    if rank == 0:
-        cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
     logger.info('Config:\n%s', cfg.pretty_text)
     meta = dict(env_info=env_info(), config=cfg.pretty_text, seed=seed, exp_name=osp.basename(args.config),
                 CLASSES=list(dataset.CLASSES))
     train_detector(model, dataset, cfg, distributed=distributed, validate=not args.no_validate,
-                   timestamp=timestamp, meta=meta)
+                   timestamp=timestamp, meta=meta, config_dump=osp.join(cfg.work_dir, osp.basename(args.config)))
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """train_detector: data loaders, optimizer, hooks (fp32 or fp16), evaluation and resume around a Runner."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -14,6 +15,7 @@ from torch import nn
 
 from mixprec.config import Config
 from mixprec.data import build_dataloader, build_dataset
+from mixprec.data.errors import DataError
 from mixprec.engine import (DistEvalHook, DistSamplerSeedHook, EvalHook, Runner, all_gather_object,
                             broadcast_object, get_dist_info, get_logger)
 from mixprec.registry import OPTIMIZERS, ConfigError
@@ -66,6 +68,22 @@ def check_same_config_on_all_ranks(cfg: Config) -> None:
                           f'(digests {digests}); every node must run the same config and --cfg-options')
 
 
+@contextlib.contextmanager
+def config_section(path: str, section: str):
+    """Turn a failure while building ``section`` of the config into one ConfigError naming the file and section.
+
+    Building only reads config values, so a TypeError/ValueError/KeyError there comes from a value of
+    the wrong type or kind; bad data (DataError) passes through unchanged.
+    """
+    try:
+        yield
+    except DataError:
+        raise
+    except (ConfigError, TypeError, ValueError, KeyError) as exc:
+        lines = str(exc).strip().strip('"').splitlines()
+        raise ConfigError(f'{path}: {section}: {lines[0] if lines else type(exc).__name__}') from exc
+
+
 def _max_length(cfg: Config) -> dict:
     runner_cfg = cfg.runner
     if 'max_iters' in runner_cfg:
@@ -85,8 +103,14 @@ def _optimizer_hook_cfg(cfg: Config, distributed: bool) -> dict:
 
 
 def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = False, validate: bool = False,
-                   timestamp: Optional[str] = None, meta: Optional[dict] = None) -> Runner:
-    """Train ``model`` on ``dataset`` as ``cfg`` says; returns the runner after the run."""
+                   timestamp: Optional[str] = None, meta: Optional[dict] = None,
+                   config_dump: Optional[str] = None) -> Runner:
+    """Train ``model`` on ``dataset`` as ``cfg`` says; returns the runner after the run.
+
+    ``config_dump``: where rank 0 writes the config once everything is built (so a config that
+    fails to build leaves only the log in the work dir).
+    """
+    path = cfg.filename or 'config'
     logger = get_logger(log_level=cfg.get('log_level', 'INFO'))
     if isinstance(dataset, (list, tuple)):
         dataset = dataset[0]
@@ -96,7 +120,8 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
 
     device = torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
     model = model.to(device)
-    optimizer = build_optimizer(model, cfg.optimizer)
+    with config_section(path, 'optimizer'):
+        optimizer = build_optimizer(model, cfg.optimizer)
     if distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=False,
@@ -104,20 +129,23 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
 
     runner = Runner(model, optimizer, work_dir=cfg.work_dir, logger=logger, meta=meta, timestamp=timestamp,
                     **_max_length(cfg))
-    runner.register_training_hooks(cfg.get('lr_config'), _optimizer_hook_cfg(cfg, distributed),
-                                   cfg.get('checkpoint_config'), cfg.get('log_config'), cfg.get('custom_hooks'))
+    with config_section(path, 'lr_config/optimizer_config/fp16/checkpoint_config/log_config/custom_hooks'):
+        runner.register_training_hooks(cfg.get('lr_config'), _optimizer_hook_cfg(cfg, distributed),
+                                       cfg.get('checkpoint_config'), cfg.get('log_config'), cfg.get('custom_hooks'))
     runner.register_hook(DistSamplerSeedHook())
 
     if validate:
         val_cfg = dict(cfg.data.val)
         val_samples = val_cfg.pop('samples_per_gpu', 1)
-        val_dataset = build_dataset(val_cfg, dict(test_mode=True))
+        with config_section(path, 'data.val'):
+            val_dataset = build_dataset(val_cfg, dict(test_mode=True))
         val_loader = build_dataloader(val_dataset, val_samples, data_cfg.get('workers_per_gpu', 0),
                                       dist=distributed, shuffle=False)
         eval_cfg = dict(cfg.get('evaluation') or {})
         eval_cfg.setdefault('by_epoch', runner.by_epoch)
         hook_cls = DistEvalHook if distributed else EvalHook
-        runner.register_hook(hook_cls(val_loader, **eval_cfg), priority='LOW')
+        with config_section(path, 'evaluation'):
+            runner.register_hook(hook_cls(val_loader, **eval_cfg), priority='LOW')
 
     trusted = bool(cfg.get('trusted_checkpoint', False))
     resume_from = cfg.get('resume_from')
@@ -129,5 +157,7 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
         runner.resume(resume_from, trusted=trusted)
     elif cfg.get('load_from'):
         runner.load_checkpoint(cfg.load_from, trusted=trusted)
+    if config_dump and runner.rank == 0:
+        cfg.dump(config_dump)
     runner.run(loader)
     return runner
