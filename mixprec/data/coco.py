@@ -45,6 +45,8 @@ def load_coco(ann_file: str) -> COCO:
     Boxes that are NaN/infinite or have a zero or negative size are reported in one warning and
     skipped when the annotations are parsed.
     """
+    if not isinstance(ann_file, str):
+        raise ConfigError(f'ann_file must be a path, got {type(ann_file).__name__} {ann_file!r}')
     if not osp.isfile(ann_file):
         raise FileNotFoundError(f'annotation file not found: {ann_file} (check data_root/ann_file in the '
                                 'config; COCO goes under data/coco/annotations/)')
