@@ -1,0 +1,104 @@
+"""Issue 7, case 1: bad configs through the real tools/train.py: exit 2, one line, only the log written.
+
+Also the helpers the other robustness tests use to run the tools in subprocesses.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from typing import Optional
+
+import pytest
+
+from helpers.tiny import ROOT, write_tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def tool_env(*paths: str, **extra: str) -> dict:
+    """The environment of a tool subprocess: one thread, mixprec (and ``paths``) importable."""
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([*paths, ROOT]), **extra)
+
+
+def start_tool(tool: str, *args: str, cwd: str, env: Optional[dict] = None,
+               launcher: Optional[str] = None) -> subprocess.Popen:
+    """Start ``tools/<tool>`` (or ``launcher`` running it) with ``cwd`` inside the test's tmp_path."""
+    script = os.path.join(ROOT, 'tools', tool)
+    cmd = [sys.executable, *([launcher] if launcher else []), script, *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env or tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def run_tool(tool: str, *args: str, cwd: str, env: Optional[dict] = None, timeout: float = 300,
+             launcher: Optional[str] = None) -> subprocess.CompletedProcess:
+    return finish(start_tool(tool, *args, cwd=cwd, env=env, launcher=launcher), timeout)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single line a failed tool printed on stderr."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f'rc {proc.returncode}, stderr:\n{proc.stderr[-3000:]}'
+    return lines[0]
+
+
+MINIMAL_WITHOUT_OPTIMIZER = ("model = dict(type='MaskRCNN')\n"
+                            "data = dict(samples_per_gpu=2, workers_per_gpu=0, train=dict(type='ShapesDataset'))\n"
+                            "runner = dict(max_epochs=1)\n")
+
+# name: (config text, or None for the tiny config plus ``extra``; extra; --cfg-options; expected regex)
+CASES = {
+    'missing file': (None, None, [], r'config file \S*nope\.py does not exist'),
+    'syntax error': ('x = dict(\n', None, [], r'bad\.py, line 1: Python syntax error'),
+    'missing _base_': ("_base_ = './missing_base.py'\n", None, [], r'bad\.py: .*missing_base\.py'),
+    'unknown type': ('', '', ['model.backbone.type=ResNot'],
+                     r"tiny\.py: model: 'ResNot' is not in the models registry; closest: ResNet"),
+    'unexpected argument': ('', '', ['model.backbone.dept=18'],
+                            r"tiny\.py: model: .*ResNet got an unexpected argument 'dept'; it takes: .*depth"),
+    'string for a number': ('', "optimizer = dict(lr='0.02')\n", [],
+                            r"tiny\.py: optimizer\.lr must be a number, got str '0\.02'"),
+    'bad model value': ('', "model = dict(backbone=dict(depth='18'))\n", [],
+                        r'tiny\.py: model: ResNet depth must be one of \[18, 34, 50, 101\], got 18'),
+    'missing section': (MINIMAL_WITHOUT_OPTIMIZER, None, [],
+                        r"bad\.py: the config has no 'optimizer'; it is required for training"),
+}
+
+
+def _config_for(folder: str, text: Optional[str], extra: Optional[str]) -> str:
+    if text is None:
+        return os.path.join(folder, 'nope.py')
+    if extra is not None:
+        return write_tiny_config(folder, epochs=1, num_train=4, num_val=2, img_size=64, extra=extra)
+    path = os.path.join(folder, 'bad.py')
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+@pytest.fixture(scope='module')
+def bad_config_runs(tmp_path_factory) -> dict:
+    """Every case through tools/train.py, the subprocesses side by side: {name: (process, work dir)}."""
+    started = {}
+    for name, (text, extra, options, _) in CASES.items():
+        folder = str(tmp_path_factory.mktemp('badcfg'))
+        config = _config_for(folder, text, extra)
+        work_dir = os.path.join(folder, 'work')
+        args = [config, '--work-dir', work_dir] + (['--cfg-options', *options] if options else [])
+        started[name] = (start_tool('train.py', *args, cwd=folder), work_dir)
+    return {name: (finish(proc), work_dir) for name, (proc, work_dir) in started.items()}
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_bad_config_exits_2_with_one_line(bad_config_runs, name):
+    proc, work_dir = bad_config_runs[name]
+    line = one_error_line(proc)
+    assert proc.returncode == 2, line
+    assert line.startswith('error: ') and re.search(CASES[name][3], line), line
+    written = os.listdir(work_dir) if os.path.isdir(work_dir) else []
+    assert all(f.endswith('.log') for f in written), written
