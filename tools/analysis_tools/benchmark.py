@@ -127,6 +127,7 @@ def cycle(loader) -> Iterator[dict]:
 
 
 def batch_images(data: dict) -> int:
+    """Images in a test batch (``img_metas`` is a list over augmentations of lists, or a flat list)."""
     metas = data['img_metas']
     return len(metas[0]) if metas and isinstance(metas[0], list) else len(metas)
 
@@ -250,6 +251,7 @@ def optimizer_hook_cfg(cfg: Config, precision: str) -> dict:
 
 
 def without_pretrained(model_cfg: dict) -> dict:
+    """The model config without the backbone's pretrained init (no torchvision file needed)."""
     model_cfg = dict(model_cfg)
     if isinstance(model_cfg.get('backbone'), dict):
         model_cfg['backbone'] = dict(model_cfg['backbone'], init_cfg=None)
@@ -258,6 +260,7 @@ def without_pretrained(model_cfg: dict) -> dict:
 
 
 def precision_label(hook) -> str:
+    """'fp32', or the Fp16OptimizerHook's dtype and mode ('bfloat16 master')."""
     dtype = getattr(hook, 'dtype', None)
     if dtype is None:
         return 'fp32'
