@@ -24,9 +24,12 @@ def cross_entropy(pred: Tensor, label: Tensor, weight: Optional[Tensor] = None,
 
 
 def expand_onehot_labels(labels: Tensor, num_classes: int) -> Tensor:
-    """[n] labels in 0..C (C = background) -> [n, C] float one-hot with an all-zero background row."""
-    onehot = F.one_hot(labels.clamp(min=0), num_classes + 1)[:, :num_classes]
-    return (onehot * (labels >= 0)[:, None]).float()
+    """[n] labels in 0..C (C = background) -> [n, C] float one-hot; background and negative
+    (ignored) labels give all-zero rows."""
+    onehot = torch.zeros((labels.size(0), num_classes), dtype=torch.float32, device=labels.device)
+    fg = torch.nonzero((labels >= 0) & (labels < num_classes), as_tuple=False).squeeze(1)
+    onehot[fg, labels[fg]] = 1.0
+    return onehot
 
 
 def binary_cross_entropy(pred: Tensor, label: Tensor, weight: Optional[Tensor] = None,
