@@ -5,7 +5,6 @@ import logging
 import os
 from typing import Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 

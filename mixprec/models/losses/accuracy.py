@@ -1,7 +1,6 @@
 """Classification accuracy for logging."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
