@@ -42,9 +42,10 @@ def run_tool(tool: str, *args: str, cwd: str, env: Optional[dict] = None, timeou
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single line a failed tool printed on stderr."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f'rc {proc.returncode}, stderr:\n{proc.stderr[-3000:]}'
+    """The single ``error: ...`` / ``interrupted: ...`` line a tool printed on stderr (progress bars and
+    library warnings aside), with no traceback."""
+    lines = re.findall(r'(?:\[rank \d+\] )?(?:error|interrupted): [^\r\n]*', proc.stderr)
+    assert len(lines) == 1 and 'Traceback' not in proc.stderr, f'rc {proc.returncode}, stderr:\n{proc.stderr[-3000:]}'
     return lines[0]
 
 
