@@ -16,6 +16,15 @@ CONFIGS = {'faster': 'configs/_base_/models/faster_rcnn_r50_fpn.py',
            'mask': 'configs/_base_/models/mask_rcnn_r50_fpn.py'}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared machine OpenMP threads mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def model_cfg(kind: str) -> dict:
     cfg = Config.fromfile(CONFIGS[kind]).model.to_dict()
     cfg['backbone']['init_cfg'] = None  # no network here; random init
@@ -199,3 +208,22 @@ def test_mask_rcnn_without_detections_gives_empty_masks():
     for bbox_results, segm_results in results:
         assert all(len(b) == 0 for b in bbox_results)
         assert segm_results == [[], [], []]
+
+
+def test_image_without_objects_trains_and_image_without_proposals_tests():
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_cfg('mask'))
+    batch = tiny_batch(with_masks=True)
+    batch['gt_bboxes'][0] = torch.zeros(0, 4)
+    batch['gt_labels'][0] = torch.zeros(0, dtype=torch.long)
+    batch['gt_masks'][0] = torch.zeros(0, 96, 128, dtype=torch.uint8)
+    loss = total_loss(model(**batch))
+    assert torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        feats = model.extract_feat(batch['img'])
+        proposals = [torch.zeros(0, 5), torch.tensor([[0., 0., 50., 50., 0.9]])]
+        results = model.roi_head.simple_test(feats, proposals, batch['img_metas'])
+    assert [sum(len(c) for c in bbox_results) for bbox_results, _ in results][0] == 0
+    assert all(len(b) == len(s) for b, s in zip(*results[1]))

@@ -9,7 +9,7 @@ import torch
 from mixprec.fp16 import wrap_fp16_model
 from mixprec.registry import MODELS
 
-from test_models_b_detectors import tiny_cfg, total_loss
+from test_models_b_detectors import one_thread, tiny_cfg, total_loss  # noqa: F401  (autouse fixture)
 
 COLOURS = {0: (2.0, -1.0, -1.0), 1: (-1.0, 2.0, -1.0)}  # normalised RGB: red rectangles, green discs
 
@@ -92,15 +92,6 @@ def box_iou(box, gts):
 
 def mask_iou(mask, gts):
     return np.array([(mask & g).sum() / max((mask | g).sum(), 1) for g in gts])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine OpenMP threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(kind: str, fp16_mode, iters: int):
