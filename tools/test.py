@@ -1,4 +1,8 @@
-"""Test a checkpoint: ``python tools/test.py CONFIG CHECKPOINT --eval bbox segm [--out results.pkl]``."""
+"""Test a checkpoint: ``python tools/test.py CONFIG CHECKPOINT --eval bbox segm [--out results.pkl]``.
+
+The checkpoint must fit the model exactly (no missing, unexpected or mis-shaped keys): results of a
+partly random model would be meaningless.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +14,7 @@ import mmcv
 import torch
 
 from mixprec.apis import init_detector
+from mixprec.checkpoint import load_checkpoint
 from mixprec.cli import run_cli
 from mixprec.config import DictAction, load_config
 from mixprec.data import build_dataloader, build_dataset
@@ -72,7 +77,9 @@ def main(argv=None) -> None:
     dataset = build_dataset(test_cfg, dict(test_mode=True))
     loader = build_dataloader(dataset, samples_per_gpu, cfg.data.get('workers_per_gpu', 0), dist=distributed,
                               shuffle=False)
-    model = init_detector(cfg, args.checkpoint, trusted=args.trusted_checkpoint, classes=dataset.CLASSES)
+    model = init_detector(cfg, None, classes=dataset.CLASSES)
+    checkpoint = load_checkpoint(model, args.checkpoint, strict=True, trusted=args.trusted_checkpoint)
+    model.CLASSES = tuple(checkpoint.get('meta', {}).get('CLASSES') or dataset.CLASSES)
     if args.fuse_conv_bn:
         from mixprec.apis.fuse import fuse_conv_bn
         model = fuse_conv_bn(model)
