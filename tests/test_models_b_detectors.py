@@ -1,6 +1,5 @@
 """Faster R-CNN and Mask R-CNN: state-dict names of the reference models, training losses and
 test-time results of tiny models, mixed precision."""
-import copy
 
 import numpy as np
 import pytest

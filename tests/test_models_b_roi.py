@@ -4,7 +4,6 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 from torchvision.ops import roi_align
 
@@ -200,8 +199,7 @@ def test_bbox_head_targets_and_losses_on_a_crafted_case():
     bbox_pred = torch.randn(4, 12)
     bbox_pred[0, 8:12] = torch.tensor([1., 1., 0., 0.])   # exact on the label-2 channel
     bbox_pred[3, 0:4] = 0.0
-    rois = torch.zeros(4, 5)
-    losses = head.loss(cls_score, bbox_pred, rois, labels, label_weights, bbox_targets, bbox_weights)
+    losses = head.loss(cls_score, bbox_pred, labels, label_weights, bbox_targets, bbox_weights)
     torch.testing.assert_close(losses['loss_cls'], torch.tensor(math.log(4)))
     torch.testing.assert_close(losses['acc'], torch.tensor(25.0))  # argmax 0 is right for 1 of 4
     # L1 on the positives' label channels, summed, divided by the 4 sampled RoIs
@@ -211,7 +209,7 @@ def test_bbox_head_targets_and_losses_on_a_crafted_case():
 def test_bbox_head_loss_without_positives_is_zero_and_differentiable():
     head = make_bbox_head()
     bbox_pred = torch.randn(2, 12, requires_grad=True)
-    losses = head.loss(torch.zeros(2, 4), bbox_pred, torch.zeros(2, 5), torch.tensor([3, 3]),
+    losses = head.loss(torch.zeros(2, 4), bbox_pred, torch.tensor([3, 3]),
                        torch.ones(2), torch.zeros(2, 4), torch.zeros(2, 4))
     assert losses['loss_bbox'] == 0
     losses['loss_bbox'].backward()

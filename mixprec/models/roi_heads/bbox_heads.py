@@ -116,8 +116,8 @@ class ConvFCBBoxHead(nn.Module):
         return labels, label_weights, bbox_targets, bbox_weights
 
     @force_fp32(apply_to=('cls_score', 'bbox_pred'))
-    def loss(self, cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, labels: Tensor,
-             label_weights: Tensor, bbox_targets: Tensor, bbox_weights: Tensor) -> dict[str, Tensor]:
+    def loss(self, cls_score: Tensor, bbox_pred: Tensor, labels: Tensor, label_weights: Tensor,
+             bbox_targets: Tensor, bbox_weights: Tensor) -> dict[str, Tensor]:
         """R-CNN losses.
 
         ``loss_cls`` is averaged over the sampled RoIs (those with a positive label weight);
@@ -125,7 +125,7 @@ class ConvFCBBoxHead(nn.Module):
         divided by the number of sampled RoIs; ``acc`` is the classification accuracy (percent).
 
         Args:
-            cls_score: [n, C + 1]; bbox_pred: [n, 4 * C] (or [n, 4]); rois: [n, 5] (unused);
+            cls_score: [n, C + 1]; bbox_pred: [n, 4 * C] (or [n, 4]);
             labels, label_weights, bbox_targets, bbox_weights: from :meth:`get_targets`.
         """
         losses = dict()
