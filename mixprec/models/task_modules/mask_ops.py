@@ -1,7 +1,7 @@
 """Mask operations of Mask R-CNN: training targets cut from gt bitmaps, test-time pasting.
 
 Both are batched over RoIs: targets are one ``roi_align`` call per image over every positive RoI,
-pasting is one ``grid_sample`` call per chunk of detections.
+pasting is one ``grid_sample`` call per chunk of detections, each over a window around its box.
 """
 from __future__ import annotations
 
@@ -55,36 +55,41 @@ def mask_target(pos_proposals_list: Sequence[Tensor], pos_assigned_gt_inds_list:
     return torch.cat(targets, dim=0)
 
 
-def _paste_chunk(masks: Tensor, boxes: Tensor, img_h: int, img_w: int) -> tuple[Tensor, tuple]:
-    """Resample ``masks`` [n, m, m] into the boxes [n, 4] over the region the boxes cover.
+def _paste_windows(masks: Tensor, boxes: Tensor, img_h: int, img_w: int) -> tuple[Tensor, Tensor]:
+    """Resample ``masks`` [n, m, m] into their boxes [n, 4], each over its own window.
 
     Each output pixel (x, y) samples its mask at the pixel centre (x + 0.5, y + 0.5) mapped into
     the box's [-1, 1] grid coordinates; bilinear, zero outside the mask (detectron2's paste).
+    A detection's window covers its box plus one pixel each side; all windows share the size of
+    the largest (so one ``grid_sample`` call does them all) and are shifted to lie in the image.
+    Pixels outside a window are farther than one pixel from the box: their value is 0.
 
     Returns:
-        ([n, y1 - y0, x1 - x0] float32 values, (slice(y0, y1), slice(x0, x1))) where the slices
-        locate the region in the [img_h, img_w] image.
+        values [n, wh, ww] float32 and flat indices [n, wh * ww] of the window pixels in an
+        [img_h * img_w] image.
     """
-    x0 = int(torch.clamp(boxes[:, 0].min().floor() - 1, min=0))
-    y0 = int(torch.clamp(boxes[:, 1].min().floor() - 1, min=0))
-    x1 = int(torch.clamp(boxes[:, 2].max().ceil() + 1, max=img_w))
-    y1 = int(torch.clamp(boxes[:, 3].max().ceil() + 1, max=img_h))
-    region = (slice(y0, max(y0, y1)), slice(x0, max(x0, x1)))
-    if x1 <= x0 or y1 <= y0:
-        return masks.new_zeros((masks.size(0), 0, 0)), region
-    bx1, by1, bx2, by2 = boxes.float().unbind(dim=1)
-    width = (bx2 - bx1).clamp(min=1e-6)[:, None]
-    height = (by2 - by1).clamp(min=1e-6)[:, None]
-    xs = torch.arange(x0, x1, device=boxes.device, dtype=torch.float32) + 0.5
-    ys = torch.arange(y0, y1, device=boxes.device, dtype=torch.float32) + 0.5
-    grid_x = (xs[None, :] - bx1[:, None]) / width * 2 - 1
-    grid_y = (ys[None, :] - by1[:, None]) / height * 2 - 1
+    box = boxes.float()
+    left = (box[:, 0].floor() - 1).clamp(min=0, max=img_w).long()
+    top = (box[:, 1].floor() - 1).clamp(min=0, max=img_h).long()
+    right = (box[:, 2].ceil() + 1).clamp(min=0, max=img_w).long()
+    bottom = (box[:, 3].ceil() + 1).clamp(min=0, max=img_h).long()
+    win_w = max(1, int((right - left).max()))
+    win_h = max(1, int((bottom - top).max()))
+    left = left.clamp(max=img_w - win_w)
+    top = top.clamp(max=img_h - win_h)
+    xs = left[:, None] + torch.arange(win_w, device=boxes.device)  # [n, ww]
+    ys = top[:, None] + torch.arange(win_h, device=boxes.device)  # [n, wh]
+    width = (box[:, 2] - box[:, 0]).clamp(min=1e-6)[:, None]
+    height = (box[:, 3] - box[:, 1]).clamp(min=1e-6)[:, None]
+    grid_x = (xs + 0.5 - box[:, 0:1]) / width * 2 - 1
+    grid_y = (ys + 0.5 - box[:, 1:2]) / height * 2 - 1
     n = masks.size(0)
-    grid = torch.stack([grid_x[:, None, :].expand(n, y1 - y0, x1 - x0),
-                        grid_y[:, :, None].expand(n, y1 - y0, x1 - x0)], dim=3)
-    pasted = F.grid_sample(masks[:, None].float(), grid, mode='bilinear', padding_mode='zeros',
-                           align_corners=False)
-    return pasted[:, 0], region
+    grid = torch.stack([grid_x[:, None, :].expand(n, win_h, win_w),
+                        grid_y[:, :, None].expand(n, win_h, win_w)], dim=3)
+    values = F.grid_sample(masks[:, None].float(), grid, mode='bilinear', padding_mode='zeros',
+                           align_corners=False)[:, 0]
+    flat = (ys[:, :, None] * img_w + xs[:, None, :]).view(n, -1)
+    return values, flat
 
 
 def paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: Sequence[int],
@@ -96,19 +101,21 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: Sequence[int],
         boxes: [n, 4] boxes (x1, y1, x2, y2) in the coordinates of the output image.
         img_shape: (h, w) of the output image.
         threshold: a pixel is in the mask when its pasted probability is >= threshold.
-        max_chunk_pixels: bound on n_chunk * h * w per ``grid_sample`` call (memory).
+        max_chunk_pixels: bound on the pixels resampled per ``grid_sample`` call (memory).
 
     Returns:
         [n, h, w] bool masks.
     """
     img_h, img_w = int(img_shape[0]), int(img_shape[1])
     num = masks.size(0)
-    out = torch.zeros((num, img_h, img_w), dtype=torch.bool, device=masks.device)
-    if num == 0:
-        return out
-    chunk = max(1, max_chunk_pixels // max(1, img_h * img_w))
+    out = torch.zeros((num, img_h * img_w), dtype=torch.bool, device=masks.device)
+    if num == 0 or img_h == 0 or img_w == 0:
+        return out.view(num, img_h, img_w)
+    box = boxes.float()
+    sides = torch.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]).clamp(min=0) + 3
+    window = int(torch.clamp(sides.max().ceil(), max=max(img_h, img_w))) ** 2
+    chunk = max(1, max_chunk_pixels // window)
     for start in range(0, num, chunk):
-        values, (ys, xs) = _paste_chunk(masks[start:start + chunk], boxes[start:start + chunk],
-                                        img_h, img_w)
-        out[start:start + chunk, ys, xs] = values >= threshold
-    return out
+        values, flat = _paste_windows(masks[start:start + chunk], boxes[start:start + chunk], img_h, img_w)
+        out[start:start + chunk].scatter_(1, flat, (values >= threshold).view(flat.shape))
+    return out.view(num, img_h, img_w)
