@@ -144,8 +144,9 @@ def test_faster_rcnn_overfits_shapes(fp16_mode):
 
 
 @pytest.mark.slow
-def test_mask_rcnn_overfits_shapes():
-    results, boxes, labels, masks = train('mask', None, iters=60)
+@pytest.mark.parametrize('fp16_mode', [None, 'autocast'], ids=['fp32', 'bf16-autocast'])
+def test_mask_rcnn_overfits_shapes(fp16_mode):
+    results, boxes, labels, masks = train('mask', fp16_mode, iters=60)
     bbox_results = [r[0] for r in results]
     assert box_ap50(bbox_results, boxes, labels) > 0.9
     dets = [[[(float(b[4]), m) for b, m in zip(bc, mc)] for bc, mc in zip(*r)] for r in results]
