@@ -190,3 +190,35 @@ def test_nonfinite_loss_stops_naming_the_terms(tmp_path):
     with pytest.raises(NonFiniteLossError, match='loss_reg.*loss_aux|loss_aux.*loss_reg'):
         runner.run(toy_loader())
     assert runner.iter == 2 + 5 - 1
+
+
+class ScoredToyDataset(__import__('helpers.toy', fromlist=['ToyDataset']).ToyDataset):
+    """Evaluation returns a scripted score per call, so the best epoch is known in advance."""
+
+    def __init__(self, scores):
+        super().__init__(8)
+        self.scores = list(scores)
+        self.seen = []
+
+    def evaluate(self, results, logger=None, metric='score'):
+        self.seen.append(len(results))
+        return {'score': self.scores[len(self.seen) - 1]}
+
+
+def test_eval_hook_logs_val_lines_and_keeps_best(tmp_path):
+    from mixprec.engine import EvalHook
+    from helpers.toy import toy_collate
+    dataset = ScoredToyDataset([0.2, 0.7, 0.5])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=toy_collate)
+    runner = make_runner(tmp_path, max_epochs=3)
+    runner.register_hook(EvalHook(loader, interval=1, save_best='score'), priority='LOW')
+    runner.run(toy_loader())
+    assert dataset.seen == [8, 8, 8]
+    records = [json.loads(line) for line in open(tmp_path / f'{runner.timestamp}.log.json')]
+    val = [r for r in records if r.get('mode') == 'val']
+    assert [(r['epoch'], r['iter'], r['score']) for r in val] == [(1, 3, 0.2), (2, 3, 0.7), (3, 3, 0.5)]
+    best = [f for f in os.listdir(tmp_path) if f.startswith('best_')]
+    assert best == ['best_score_epoch_2.pth']
+    assert load_file(str(tmp_path / best[0]))['meta']['epoch'] == 2
+    state = [h for h in runner.hooks if isinstance(h, EvalHook)][0].state_dict()
+    assert state['best_score'] == 0.7
