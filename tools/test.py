@@ -13,7 +13,7 @@ import pickle
 import mmcv
 import torch
 
-from mixprec.apis import init_detector
+from mixprec.apis import init_detector, setup_threads
 from mixprec.checkpoint import load_checkpoint
 from mixprec.cli import run_cli
 from mixprec.config import DictAction, load_config
@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     if args.out and not args.out.endswith(('.pkl', '.pickle')):
         raise ConfigError(f'--out {args.out}: the output file must end in .pkl or .pickle')
     cfg = load_config(args.config, args.cfg_options)
+    setup_threads(cfg)
     distributed = args.launcher != 'none'
     if distributed:
         init_dist(args.launcher, **cfg.get('dist_params', {}))

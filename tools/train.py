@@ -15,7 +15,7 @@ import time
 import torch
 
 import mixprec
-from mixprec.apis import (check_same_config_on_all_ranks, init_random_seed, set_random_seed,
+from mixprec.apis import (check_same_config_on_all_ranks, init_random_seed, set_random_seed, setup_threads,
                           train_detector)
 from mixprec.apis.train import config_section
 from mixprec.cli import run_cli
@@ -60,6 +60,7 @@ def main(argv=None) -> None:
     cfg.auto_resume = args.auto_resume
     cfg.trusted_checkpoint = args.trusted_checkpoint
 
+    setup_threads(cfg)
     distributed = args.launcher != 'none'
     if distributed:
         init_dist(args.launcher, **cfg.get('dist_params', {}))

@@ -6,3 +6,5 @@ log_level = 'INFO'
 load_from = None
 resume_from = None
 workflow = [('train', 1)]
+opencv_num_threads = 0
+cpu_threads = None

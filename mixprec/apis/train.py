@@ -161,3 +161,17 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
         cfg.dump(config_dump)
     runner.run(loader)
     return runner
+
+
+def setup_threads(cfg: Config) -> None:
+    """Thread counts for a CPU-friendly run (mmdetection's ``opencv_num_threads``, plus ``cpu_threads``).
+
+    OpenCV's own pool is off (``opencv_num_threads=0``) so data workers don't oversubscribe the cores;
+    ``cpu_threads`` sets torch's intra-op threads. On a small CPU shared with data workers, more
+    intra-op threads than free cores makes OpenMP spin and a step many times slower.
+    """
+    import cv2
+    cv2.setNumThreads(int(cfg.get('opencv_num_threads', 0)))
+    threads = cfg.get('cpu_threads')
+    if threads is not None:
+        torch.set_num_threads(int(threads))
