@@ -68,11 +68,15 @@ def patch_iterations():
 
 def patch_saves():
     stall_at = int(os.environ.get('FAULT_STALL_SAVE', -1))
+    full_at = int(os.environ.get('FAULT_FULL_DISK_SAVE', -1))
     real_save = torch.save
     calls = []
 
     def stalling_save(obj, f, *args, **kwargs):
         calls.append(1)
+        if len(calls) == full_at:
+            f.write(b'partial')
+            raise OSError(28, 'No space left on device')
         if len(calls) != stall_at or isinstance(f, (str, os.PathLike)):
             return real_save(obj, f, *args, **kwargs)
         buffer = io.BytesIO()
@@ -138,7 +142,8 @@ def assert_same_weights(a: dict, b: dict) -> None:
 @pytest.fixture(scope='module')
 def interrupted(setup) -> dict:
     """The uninterrupted run and four interrupted ones, side by side; then each resumed with --auto-resume."""
-    runs = {'reference': start_train(setup, 'reference')}
+    runs = {'reference': start_train(setup, 'reference'),
+            'full_disk': start_train(setup, 'full_disk', faults=dict(FAULT_FULL_DISK_SAVE=2))}
     plans = {'kill_mid_epoch': dict(FAULT_PAUSE_AT_ITER=3), 'kill_mid_save': dict(FAULT_STALL_SAVE=2),
              'sigterm': dict(FAULT_PAUSE_AT_ITER=2), 'sigint': dict(FAULT_PAUSE_AT_ITER=2)}
     for name, faults in plans.items():
@@ -154,6 +159,7 @@ def interrupted(setup) -> dict:
         meta = load_file(os.path.join(work_dir, 'latest.pth'))['meta']
         results[f'{name} counters'] = (meta['epoch'], meta['iter'], meta['inner_iter'])
     results['reference'] = (finish(runs['reference'][0]), runs['reference'][1])
+    results['full_disk'] = (finish(runs['full_disk'][0]), runs['full_disk'][1])
     resumed = {name: start_train(setup, name, '--auto-resume') for name in plans}
     for name, (proc, work_dir) in resumed.items():
         results[f'{name} resumed'] = (finish(proc), work_dir)
@@ -197,6 +203,16 @@ def test_kill_mid_save_left_a_partial_temp_file_only(interrupted):
     resumed_from = [line for line in interrupted['kill_mid_save resumed'][0].stdout.splitlines()
                     if 'resumed from' in line]
     assert resumed_from and resumed_from[0].endswith('latest.pth: epoch 1, iter 2')
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(interrupted):
+    proc, work_dir = interrupted['full_disk']
+    epoch_2 = os.path.join(work_dir, 'epoch_2.pth')
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (f'error: could not write {epoch_2} (No space left on device); '
+                                    'the previous checkpoint there, if any, is intact')
+    assert load_file(os.path.join(work_dir, 'latest.pth'))['meta']['iter'] == 2
+    assert sorted(f for f in os.listdir(work_dir) if '.pth' in f) == ['epoch_1.pth', 'latest.pth']
 
 
 @pytest.mark.parametrize('fp16, expected', [
