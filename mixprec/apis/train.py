@@ -58,6 +58,13 @@ def find_latest_checkpoint(work_dir: str) -> Optional[str]:
     return max(numbered)[1] if numbered else None
 
 
+def remove_partial_checkpoints(work_dir: str, logger) -> None:
+    """Delete the temp files (``.NAME.pth.XXXX.tmp``) of saves that a kill interrupted."""
+    for path in sorted(glob.glob(os.path.join(work_dir, '.*.pth.*.tmp'))):
+        os.remove(path)
+        logger.warning('removed %s, the partial file of an interrupted checkpoint save', path)
+
+
 def check_same_config_on_all_ranks(cfg: Config) -> None:
     """Fail at start when the processes of a distributed run were given different configs."""
     digest = hashlib.sha256(cfg.pretty_text.encode()).hexdigest()[:12]
@@ -150,6 +157,8 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
     trusted = bool(cfg.get('trusted_checkpoint', False))
     resume_from = cfg.get('resume_from')
     if resume_from is None and cfg.get('auto_resume'):
+        if runner.rank == 0:
+            remove_partial_checkpoints(cfg.work_dir, logger)
         resume_from = find_latest_checkpoint(cfg.work_dir)
         if resume_from:
             logger.info('auto-resume: found %s', resume_from)
