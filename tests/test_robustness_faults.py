@@ -194,15 +194,17 @@ def test_auto_resume_ends_with_the_uninterrupted_weights(interrupted, name):
                         weights(os.path.join(work_dir, 'latest.pth')))
 
 
-def test_kill_mid_save_left_a_partial_temp_file_only(interrupted):
+def test_kill_mid_save_leaves_a_partial_temp_file_that_resume_removes(interrupted):
     proc, work_dir = interrupted['kill_mid_save']
     assert proc.returncode == -signal.SIGKILL
     assert interrupted['kill_mid_save counters'] == (1, 2, 0)
     assert len(interrupted['kill_mid_save tmp files']) == 1
     assert interrupted['kill_mid_save tmp files'][0].startswith(os.path.join(work_dir, '.epoch_2.pth.'))
-    resumed_from = [line for line in interrupted['kill_mid_save resumed'][0].stdout.splitlines()
-                    if 'resumed from' in line]
+    stdout = interrupted['kill_mid_save resumed'][0].stdout
+    resumed_from = [line for line in stdout.splitlines() if 'resumed from' in line]
     assert resumed_from and resumed_from[0].endswith('latest.pth: epoch 1, iter 2')
+    assert f"removed {interrupted['kill_mid_save tmp files'][0]}, the partial file" in stdout
+    assert not glob.glob(os.path.join(work_dir, '.*.tmp'))
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(interrupted):
