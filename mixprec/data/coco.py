@@ -94,7 +94,8 @@ def check_coco_annotations(dataset, ann_file: str) -> list:
         ann_id = ann.get('id', f'#{index}') if isinstance(ann, dict) else f'#{index}'
         if not isinstance(ann, dict) or ann.get('image_id') not in img_ids:
             image_id = ann.get('image_id') if isinstance(ann, dict) else None
-            raise DataError(f'{ann_file}: annotation {ann_id} refers to image_id {image_id!r}, which is not in "images"')
+            raise DataError(f'{ann_file}: annotation {ann_id} refers to image_id {image_id!r}, '
+                            'which is not in "images"')
         if ann.get('category_id') not in cat_ids:
             raise DataError(f'{ann_file}: annotation {ann_id} has category_id {ann.get("category_id")!r}, which is '
                             f'not in "categories" (ids {sorted(cat_ids, key=str)[:10]})')
