@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+from mixprec.models.task_modules.roi_align import roi_align
 
 from mixprec.fp16 import force_fp32
 from mixprec.registry import MODELS, ConfigError
@@ -20,7 +20,7 @@ class SingleRoIExtractor(nn.Module):
 
     Args:
         roi_layer: ``dict(type='RoIAlign', output_size=7, sampling_ratio=0, aligned=True)``;
-            pooled with ``torchvision.ops.roi_align``.
+            pooled with torchvision's RoIAlign numbers (a sparse-matrix form when training on the CPU).
         out_channels: channels of the feature maps (and of the pooled features).
         featmap_strides: stride of each level used, finest first.
         finest_scale: RoI scale mapped to the first level.

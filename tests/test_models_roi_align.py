@@ -1,0 +1,39 @@
+"""The sparse-matrix RoIAlign equals torchvision's roi_align, values and gradients."""
+import pytest
+import torch
+from torchvision.ops import roi_align as tv_roi_align
+
+from mixprec.models.task_modules.roi_align import roi_align, sparse_roi_align
+
+
+def random_rois(n, num_imgs, size, gen):
+    xy = torch.rand(n, 2, generator=gen) * size * 1.1 - 0.05 * size
+    wh = torch.rand(n, 2, generator=gen) * size * 0.6
+    wh[:3] = torch.tensor([[0.0, 0.0], [0.3, 40.0], [200.0, 2.0]])
+    batch = torch.randint(0, num_imgs, (n, 1), generator=gen).float()
+    return torch.cat([batch, xy, xy + wh], dim=1)
+
+
+@pytest.mark.parametrize('sampling_ratio', [0, 2, 1])
+@pytest.mark.parametrize('aligned', [True, False])
+def test_matches_torchvision(sampling_ratio, aligned):
+    gen = torch.Generator().manual_seed(sampling_ratio * 10 + aligned)
+    feats = torch.randn(3, 5, 12, 17, generator=gen, requires_grad=True)
+    rois = random_rois(40, 3, 68, gen)
+    expected = tv_roi_align(feats, rois, (7, 7), 0.25, sampling_ratio, aligned)
+    got = sparse_roi_align(feats, rois, (7, 7), 0.25, sampling_ratio, aligned)
+    assert torch.allclose(got, expected, atol=1e-5)
+    grad = torch.randn(expected.shape, generator=gen)
+    g_expected, = torch.autograd.grad(expected, feats, grad)
+    g_got, = torch.autograd.grad(got, feats, grad)
+    assert torch.allclose(g_got, g_expected, atol=1e-5)
+
+
+def test_dispatch_and_empty():
+    feats = torch.randn(1, 2, 8, 8, requires_grad=True)
+    assert sparse_roi_align(feats, torch.zeros(0, 5), (7, 7), 1.0).shape == (0, 2, 7, 7)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]])
+    with torch.no_grad():
+        assert torch.allclose(roi_align(feats, rois, (2, 2), 1.0), tv_roi_align(feats, rois, (2, 2), 1.0, 0, True))
+    assert torch.allclose(roi_align(feats, rois, (2, 2), 1.0), tv_roi_align(feats, rois, (2, 2), 1.0, 0, True),
+                          atol=1e-6)
