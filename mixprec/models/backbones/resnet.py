@@ -120,7 +120,7 @@ class ResNet(nn.Module):
                  pretrained: Optional[str] = None) -> None:
         super().__init__()
         if depth not in self.arch_settings:
-            raise ValueError(f'ResNet depth must be one of {sorted(self.arch_settings)}, got {depth}')
+            raise ValueError(f'ResNet depth must be one of {sorted(self.arch_settings)}, got {depth!r}')
         if style != 'pytorch':
             raise ValueError(f"ResNet style must be 'pytorch', got {style!r}")
         if not 1 <= num_stages <= 4:
