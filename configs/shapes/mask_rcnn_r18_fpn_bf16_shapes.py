@@ -23,6 +23,9 @@ model = dict(
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
 fp16 = dict(dtype='auto', mode='master')
 data = dict(samples_per_gpu=8, workers_per_gpu=1)
+# one intra-op thread for the model, one core for the data worker: two threads beside a busy worker
+# make OpenMP spin on a 2-core CPU and run many times slower
+cpu_threads = 1
 optimizer = dict(lr=0.04)
 lr_config = dict(warmup_iters=100, step=[10, 12])
 runner = dict(max_epochs=13)
