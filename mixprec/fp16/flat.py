@@ -8,12 +8,17 @@ import torch
 
 
 def flat_views(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """A zeroed flat buffer [sum(numel)] of ``dtype`` and one view per tensor, shaped like it."""
+    """A zeroed flat buffer [sum(numel)] of ``dtype`` and one view per tensor, shaped like it.
+
+    Each view has its tensor's strides (a channels_last weight gets a channels_last view), so a
+    gradient view keeps autograd's layout contract and two flat buffers built from tensors of the
+    same layouts line up element for element.
+    """
     device = tensors[0].device
     flat = torch.zeros(sum(t.numel() for t in tensors), dtype=dtype, device=device)
     views, offset = [], 0
     for t in tensors:
-        views.append(flat[offset:offset + t.numel()].view_as(t))
+        views.append(flat.as_strided(t.shape, t.stride(), offset))
         offset += t.numel()
     return flat, views
 

@@ -19,7 +19,7 @@ from .flat import FlatGrads
 from .loss_scaler import LossScaler, build_loss_scaler
 from .master import MasterParams
 from .utils import resolve_dtype
-from .wrap import MODES, wrap_fp16_model
+from .wrap import MODES, convs_to_channels_last, wrap_fp16_model
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class Fp16OptimizerHook:
             self._log(runner).info("Fp16OptimizerHook: dtype='auto' -> %s (model on %s)",
                                    str(self.dtype).replace('torch.', ''), device.type)
         if self.mode == 'master':
+            convs_to_channels_last(module)
             self._masters = MasterParams(module, optimizer)
             wrap_fp16_model(module, self.dtype, 'master')
             self._grads = FlatGrads(self._masters.model_params)

@@ -45,16 +45,35 @@ def _norm_post_hook(module: nn.Module, args: tuple, output):
 def patch_norm_fp32(module: nn.Module) -> nn.Module:
     """Keep ``module`` (a norm layer) in fp32 and let it take half inputs; idempotent.
 
-    Done with a forward pre-hook (input up to fp32) and a forward hook (output back to the input's
-    dtype) rather than replacing ``forward``, so the layer stays picklable and deep-copyable.
+    BatchNorm kernels (CPU and cuDNN) take half inputs with fp32 parameters and statistics as they
+    are, returning the input's dtype, so BatchNorm only keeps fp32 parameters. Other norms get a
+    forward pre-hook (input up to fp32) and a forward hook (output back to the input's dtype),
+    rather than a replaced ``forward``, so the layer stays picklable and deep-copyable.
     """
     module.float()
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module
     if not getattr(module, '_fp16_norm_patched', False):
         module._fp16_input_dtype = None
         module.register_forward_pre_hook(_norm_pre_hook)
         module.register_forward_hook(_norm_post_hook)
         module._fp16_norm_patched = True
     return module
+
+
+def convs_to_channels_last(model: nn.Module) -> nn.Module:
+    """Store every 2-d convolution's weight channels_last, in place; idempotent.
+
+    A channels_last weight makes the convolutions run and return channels_last: oneDNN's bf16 and
+    cuDNN's fp16 kernels work in that layout, so the per-call layout conversions disappear.
+    Parameters stay the same objects (their ``.data`` is replaced).
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.weight.dim() == 4:
+            weight = module.weight
+            if not weight.is_contiguous(memory_format=torch.channels_last):
+                weight.data = weight.data.contiguous(memory_format=torch.channels_last)
+    return model
 
 
 def _cast_own_tensors(module: nn.Module, dtype: torch.dtype) -> None:
@@ -74,7 +93,8 @@ def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.flo
     """Prepare ``model`` for mixed precision, in place, and return it.
 
     master: parameters and buffers become ``dtype`` except in normalization layers (BatchNorm*,
-    SyncBatchNorm, GroupNorm, LayerNorm, InstanceNorm), which stay fp32 and accept half inputs.
+    SyncBatchNorm, GroupNorm, LayerNorm, InstanceNorm), which stay fp32 and accept half inputs;
+    convolution weights are stored channels_last (see :func:`convs_to_channels_last`).
     autocast: weights stay fp32; the ``auto_fp16`` regions run under ``torch.autocast``.
     In both modes every submodule that has an ``fp16_enabled`` attribute gets it set to True and
     ``_fp16_cfg = (dtype, mode)`` for the decorators.
@@ -83,6 +103,7 @@ def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.flo
         raise ValueError(f'fp16 mode must be one of {MODES}, got {mode!r}')
     dtype = resolve_dtype(dtype)
     if mode == 'master':
+        convs_to_channels_last(model)
         for module in model.modules():
             if is_norm(module):
                 patch_norm_fp32(module)
