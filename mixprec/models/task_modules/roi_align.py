@@ -119,7 +119,8 @@ def sparse_roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
               sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
     """RoIAlign: the sparse-matrix form when training on the CPU, torchvision's kernel otherwise."""
-    if features.device.type == 'cpu' and features.requires_grad and features.dtype == torch.float32:
+    needs_grad = torch.is_grad_enabled() and features.requires_grad
+    if features.device.type == 'cpu' and needs_grad and features.dtype == torch.float32:
         return sparse_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return tv_roi_align(features, rois, output_size, spatial_scale=spatial_scale,
                         sampling_ratio=sampling_ratio, aligned=aligned)
