@@ -1,0 +1,65 @@
+"""Each detector trains a few steps under the Fp16OptimizerHook (fp16 and bf16, master and autocast) on
+the CPU with finite losses and moving weights, then tests in the same precision."""
+import pytest
+import torch
+from mmengine import Config
+
+from mixprec.fp16 import Fp16OptimizerHook
+from mixprec.registry import MODELS
+from test_fp16_helpers import make_runner
+from test_models_b_detectors import tiny_batch, tiny_cfg, total_loss
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_retinanet_cfg() -> dict:
+    cfg = Config.fromfile('configs/_base_/models/retinanet_r50_fpn.py').model.to_dict()
+    cfg['backbone'].update(depth=18, base_channels=16, init_cfg=None)
+    cfg['neck'].update(in_channels=[16, 32, 64, 128], out_channels=32)
+    cfg['bbox_head'].update(num_classes=3, in_channels=32, feat_channels=32, stacked_convs=1)
+    return cfg
+
+
+def build(kind: str):
+    torch.manual_seed(0)
+    return MODELS.build(tiny_retinanet_cfg() if kind == 'retina' else tiny_cfg(kind))
+
+
+@pytest.mark.parametrize('mode', ['master', 'autocast'])
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+@pytest.mark.parametrize('kind', ['faster', 'mask', 'retina'])
+def test_detector_trains_and_tests_under_the_hook(kind, dtype, mode):
+    model = build(kind)
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    hook = Fp16OptimizerHook(loss_scale=512. if dtype == 'float16' else None, dtype=dtype, mode=mode)
+    runner = make_runner(model, optimizer)
+    hook.before_run(runner)
+    half = getattr(torch, dtype)
+    conv = model.neck.lateral_convs[0].conv.weight
+    assert conv.dtype is (half if mode == 'master' else torch.float32)
+    before = [p.detach().float().clone() for p in model.parameters() if p.requires_grad]
+    batch = tiny_batch(with_masks=kind == 'mask')
+    for step in range(2):
+        losses = runner.model(**batch)
+        loss = total_loss(losses)
+        assert loss.dtype is torch.float32 and torch.isfinite(loss), (step, losses)
+        runner.outputs = dict(loss=loss)
+        runner.iter = step
+        hook.after_train_iter(runner)
+    assert runner.log_buffer.last('skipped_steps') == 0
+    after = [p.detach().float() for p in model.parameters() if p.requires_grad]
+    moved = sum(not torch.equal(a, b) for a, b in zip(after, before))
+    assert moved > len(before) // 2, (moved, len(before))
+    runner.model.eval()
+    test = tiny_batch(with_masks=False)
+    with torch.no_grad():
+        results = runner.model(img=test['img'], img_metas=test['img_metas'], return_loss=False)
+    assert len(results) == 2
+
