@@ -17,7 +17,7 @@ fp16 = dict(dtype='auto', mode='master')
 data = dict(samples_per_gpu=8, workers_per_gpu=1)
 # one intra-op thread for the model, one core for the data worker (see the Mask R-CNN config)
 cpu_threads = 1
-optimizer = dict(lr=0.02)
+optimizer = dict(lr=0.01)
 optimizer_config = dict(_delete_=True, grad_clip=dict(max_norm=35, norm_type=2))
 lr_config = dict(warmup_iters=100, step=[10, 12])
 runner = dict(max_epochs=13)
