@@ -12,6 +12,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIPPED = {'.git', '__pycache__'}
@@ -67,3 +68,12 @@ def no_writes_outside_tmp():
     if problems:
         shown = '; '.join(problems[:20]) + ('; ...' if len(problems) > 20 else '')
         pytest.fail(f'the tests wrote outside their temporary directories: {shown}', pytrace=False)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small shared machine two OpenMP threads mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.toy import EpochShuffleSampler, ToyModel, toy_loader
+from helpers.toy import EpochShuffleSampler, ToyDataset, ToyModel, toy_collate, toy_loader
 from mixprec.checkpoint import CheckpointError, load_file
 from mixprec.engine import Hook, Runner
 from mixprec.engine.hooks import NonFiniteLossError
@@ -192,7 +192,7 @@ def test_nonfinite_loss_stops_naming_the_terms(tmp_path):
     assert runner.iter == 2 + 5 - 1
 
 
-class ScoredToyDataset(__import__('helpers.toy', fromlist=['ToyDataset']).ToyDataset):
+class ScoredToyDataset(ToyDataset):
     """Evaluation returns a scripted score per call, so the best epoch is known in advance."""
 
     def __init__(self, scores):
@@ -207,7 +207,6 @@ class ScoredToyDataset(__import__('helpers.toy', fromlist=['ToyDataset']).ToyDat
 
 def test_eval_hook_logs_val_lines_and_keeps_best(tmp_path):
     from mixprec.engine import EvalHook
-    from helpers.toy import toy_collate
     dataset = ScoredToyDataset([0.2, 0.7, 0.5])
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=toy_collate)
     runner = make_runner(tmp_path, max_epochs=3)

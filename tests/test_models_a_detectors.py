@@ -9,16 +9,11 @@ import torchvision
 from mmengine import Config
 
 import mixprec.models  # noqa: F401  (registers the models)
+from mixprec.checkpoint import CheckpointError
 from mixprec.fp16 import wrap_fp16_model
 from mixprec.registry import MODELS
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on a shared 2-core machine thrash; one is much faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
@@ -91,7 +86,7 @@ def test_retinanet_r50_state_dict_matches_mmdet_v2():
 
 def test_resnet_pretrained_missing_file_and_plain_path(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
-    with pytest.raises(FileNotFoundError, match=r'resnet50-0676ba61\.pth'):
+    with pytest.raises(CheckpointError, match=r'torchvision://resnet50: .*resnet50-0676ba61\.pth is missing'):
         MODELS.build(dict(type='ResNet', depth=50, init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')))
     reference = torchvision.models.resnet18()
     path = tmp_path / 'r18.pth'

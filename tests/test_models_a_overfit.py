@@ -108,15 +108,6 @@ def test_ap50_of_ground_truth_is_one():
     assert ap50(results, gt_bboxes, gt_labels) == 1.0
 
 
-@pytest.fixture
-def one_thread():
-    """Two intra-op threads on a shared 2-core machine thrash (30x slower here); use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('precision', ['fp32', 'bf16-autocast'])
 def test_retinanet_overfits_synthetic_boxes(precision, one_thread):

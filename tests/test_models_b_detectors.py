@@ -15,13 +15,7 @@ CONFIGS = {'faster': 'configs/_base_/models/faster_rcnn_r50_fpn.py',
            'mask': 'configs/_base_/models/mask_rcnn_r50_fpn.py'}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine OpenMP threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def model_cfg(kind: str) -> dict:

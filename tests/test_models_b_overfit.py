@@ -9,7 +9,9 @@ import torch
 from mixprec.fp16 import wrap_fp16_model
 from mixprec.registry import MODELS
 
-from test_models_b_detectors import one_thread, tiny_cfg, total_loss  # noqa: F401  (autouse fixture)
+from test_models_b_detectors import tiny_cfg, total_loss
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 COLOURS = {0: (2.0, -1.0, -1.0), 1: (-1.0, 2.0, -1.0)}  # normalised RGB: red rectangles, green discs
 

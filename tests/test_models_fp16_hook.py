@@ -10,12 +10,7 @@ from test_fp16_helpers import make_runner
 from test_models_b_detectors import tiny_batch, tiny_cfg, total_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def tiny_retinanet_cfg() -> dict:

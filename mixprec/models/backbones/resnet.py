@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional, Sequence
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mixprec.checkpoint import load_file, load_state_dict, torchvision_cache_path
+from mixprec.checkpoint import extract_state_dict, load_file, load_state_dict
 from mixprec.registry import MODELS
 
 from .layers import build_norm_layer
@@ -194,17 +193,8 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.last_norm.weight)
 
     def _load_pretrained(self, checkpoint: str) -> None:
-        if checkpoint.startswith('torchvision://'):
-            path = torchvision_cache_path(checkpoint[len('torchvision://'):])
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f'{checkpoint}: put torchvision\'s file {os.path.basename(path)} at {path} '
-                    f'(this machine cannot download), or set the backbone\'s init_cfg=None')
-        elif not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f'ResNet pretrained checkpoint {checkpoint} does not exist')
-        state = load_file(checkpoint)
-        if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
-            state = state['state_dict']
+        """A path or ``torchvision://name``; a whole detector's checkpoint gives its ``backbone.`` keys."""
+        state = extract_state_dict(load_file(checkpoint), checkpoint)
         if any(k.startswith('backbone.') for k in state):
             state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
         state = {k: v for k, v in state.items() if not k.startswith('fc.')}
