@@ -2,10 +2,10 @@
 the Fp16OptimizerHook. Imports nothing from mixprec except the registry."""
 from .decorators import auto_fp16, force_fp32
 from .hook import Fp16OptimizerHook
-from .loss_scaler import LossScaleCollapseError, LossScaler, build_loss_scaler
+from .loss_scaler import LossScaleCollapseError, LossScaler, SkippedStepsError, build_loss_scaler
 from .utils import cast_tensor_type, resolve_dtype
 from .wrap import convs_to_channels_last, is_norm, patch_norm_fp32, wrap_fp16_model
 
 __all__ = ['auto_fp16', 'force_fp32', 'Fp16OptimizerHook', 'LossScaleCollapseError', 'LossScaler',
-           'build_loss_scaler', 'cast_tensor_type', 'convs_to_channels_last', 'resolve_dtype', 'is_norm', 'patch_norm_fp32',
+           'SkippedStepsError', 'build_loss_scaler', 'cast_tensor_type', 'convs_to_channels_last', 'resolve_dtype', 'is_norm', 'patch_norm_fp32',
            'wrap_fp16_model']

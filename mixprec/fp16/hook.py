@@ -6,20 +6,24 @@ and ``logger``, so it works under this project's runner and mmcv-1.x-style runne
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
-from typing import Optional, Union
+import math
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
 
-from mixprec.registry import HOOKS
+from mixprec.registry import HOOKS, ConfigError
 
 from .ddp import is_ddp, rebuild_ddp, unwrap
-from .flat import FlatGrads
-from .loss_scaler import LossScaler, build_loss_scaler
+from .flat import FlatGrads, check_params
+from .loss_scaler import LossScaler, SkippedStepsError, build_loss_scaler
 from .master import MasterParams
+from .norm_stats import RunningStatsGuard
 from .utils import resolve_dtype
-from .wrap import MODES, convs_to_channels_last, wrap_fp16_model
+from .wrap import MODES, convs_to_channels_last, fp32_param_ids, fp32_roots, wrap_fp16_model
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,27 @@ class Fp16OptimizerHook:
         distributed: agree on the overflow flag across ranks (all_reduce MAX) when
             torch.distributed is initialised.
         cumulative_iters: accumulate gradients over this many iterations per optimizer step.
+        max_skipped_steps: this many consecutive skipped steps stop the run with
+            :class:`SkippedStepsError` (a static scale, bf16's default, never backs off, so a loss
+            that is non-finite every iteration would otherwise be skipped forever).
+        fp32_modules: names of submodules run entirely in fp32 (see :func:`wrap_fp16_model`).
+        coalesce, bucket_size_mb: mmcv 1.x arguments, accepted and without effect.
+
+    The update equals the fp32 ``OptimizerHook``'s up to rounding, whatever the training code does
+    between steps: parameters that got no gradient in a window are handed to the optimizer with
+    ``.grad = None`` (no weight decay, momentum or Adam step, as after fp32's
+    ``zero_grad(set_to_none=True)``); gradients that were set to None or replaced are taken back
+    into the flat buffers at the next backward; a skipped step restores the running statistics of
+    the norm layers in training mode, so it leaves no trace.
+
+    Writing parameter values after ``before_run`` (master mode): ``model.load_state_dict`` and
+    ``mixprec.checkpoint.load_checkpoint`` (on the model or a submodule) update the masters with the
+    exact fp32 values; any in-place write to a parameter (``p.copy_(v)``, ``p.mul_(m)`` under
+    ``torch.no_grad()``, as EMA hooks that swap weights for evaluation do) is taken into its master
+    at the next step and at every checkpoint. Writes through ``p.data`` are invisible to PyTorch's
+    version counters: they reach the checkpoints (compared by value there) but not the next step
+    unless the code calls :meth:`sync_masters`. Frozen parameters keep exact fp32 copies for the
+    checkpoints, which follow such writes the same way.
     """
 
     priority = 30
@@ -50,20 +75,37 @@ class Fp16OptimizerHook:
     def __init__(self, grad_clip: Optional[dict] = None,
                  loss_scale: Union[float, str, dict, None] = None,
                  dtype: Union[str, torch.dtype] = 'float16', mode: str = 'master',
-                 distributed: bool = True, cumulative_iters: int = 1, **kwargs) -> None:
+                 distributed: bool = True, cumulative_iters: int = 1, max_skipped_steps: int = 100,
+                 fp32_modules: Optional[Sequence[str]] = None, **kwargs) -> None:
+        unknown = [k for k in kwargs if k not in _MMCV_IGNORED]
+        if unknown:
+            valid = [n for n in inspect.signature(type(self).__init__).parameters
+                     if n not in ('self', 'kwargs')] + list(_MMCV_IGNORED)
+            close = difflib.get_close_matches(unknown[0], valid, n=3, cutoff=0.5)
+            raise ConfigError(f'Fp16OptimizerHook: unknown argument {unknown[0]!r}'
+                              + (f'; did you mean {", ".join(close)}?' if close else '')
+                              + f' (valid: {", ".join(valid)})')
+        if int(max_skipped_steps) < 1:
+            raise ValueError(f'Fp16OptimizerHook: max_skipped_steps must be >= 1, got {max_skipped_steps}')
+        if fp32_modules is not None and (isinstance(fp32_modules, str) or
+                                         not all(isinstance(n, str) for n in fp32_modules)):
+            raise ConfigError(f'Fp16OptimizerHook: fp32_modules must be a list of module names, got '
+                              f'{fp32_modules!r}')
         if mode not in MODES:
             raise ValueError(f'Fp16OptimizerHook: mode must be one of {MODES}, got {mode!r}')
         if grad_clip is not None and 'max_norm' not in grad_clip:
             raise ValueError(f'Fp16OptimizerHook: grad_clip needs max_norm, got {grad_clip!r}')
         if int(cumulative_iters) < 1:
             raise ValueError(f'Fp16OptimizerHook: cumulative_iters must be >= 1, got {cumulative_iters}')
-        unknown = [k for k in kwargs if k not in _MMCV_IGNORED]
-        if unknown:
-            logger.warning('Fp16OptimizerHook: ignoring unknown arguments %s', unknown)
         self.grad_clip = grad_clip
         self.mode = mode
         self.distributed = distributed
         self.cumulative_iters = int(cumulative_iters)
+        self.max_skipped_steps = int(max_skipped_steps)
+        self.fp32_modules = list(fp32_modules or [])
+        self._skip_streak = 0
+        self._bad_terms: list[str] = []
+        self._stats: Optional[RunningStatsGuard] = None
         self._dtype_arg = dtype
         self._loss_scale_arg = loss_scale
         self.dtype = resolve_dtype(dtype)
@@ -99,26 +141,30 @@ class Fp16OptimizerHook:
                 self.loss_scaler = build_loss_scaler(None, self._default_loss_scale())
             self._log(runner).info("Fp16OptimizerHook: dtype='auto' -> %s (model on %s)",
                                    str(self.dtype).replace('torch.', ''), device.type)
+        fp32_roots(module, self.fp32_modules)  # a misspelt name fails before anything changes
+        check_params(list(module.named_parameters()))
         if self.mode == 'master':
             convs_to_channels_last(module)
-            self._masters = MasterParams(module, optimizer)
-            wrap_fp16_model(module, self.dtype, 'master')
+            self._masters = MasterParams(module, optimizer, fp32_param_ids(module, self.fp32_modules))
+            wrap_fp16_model(module, self.dtype, 'master', self.fp32_modules)
+            self._masters.record_versions()
             self._grads = FlatGrads(self._masters.model_params)
             total = self._masters.flat.numel() if self._masters.params else 0
             expected = [n for n in (self._masters.half_numel, total - self._masters.half_numel) if n]
             if [flat.numel() for flat in self._grads.flats] != expected:
                 raise RuntimeError('Fp16OptimizerHook: model parameter dtypes after conversion do not '
-                                   'match the master layout (half parameters, then fp32 norm ones)')
+                                   'match the master layout (half parameters, then fp32 ones)')
             self._grad_tensors = [self._masters.grad_flat] if self._masters.params else []
             self._names = self._masters.names
         else:
-            wrap_fp16_model(module, self.dtype, 'autocast')
+            wrap_fp16_model(module, self.dtype, 'autocast', self.fp32_modules)
             names = {id(p): n for n, p in module.named_parameters()}
             params = [p for g in optimizer.param_groups for p in g['params'] if p.requires_grad]
             params.sort(key=lambda p: str(p.dtype))
             self._grads = FlatGrads(params)
             self._grad_tensors = self._grads.flats
             self._names = [names.get(id(p), '<not in model>') for p in params]
+        self._stats = RunningStatsGuard(module)
         if is_ddp(model) and (self.mode == 'master' or model.gradient_as_bucket_view):
             runner.model = rebuild_ddp(model)
         self._found_inf = torch.zeros(1, device=device)
@@ -153,10 +199,20 @@ class Fp16OptimizerHook:
         return divisor, it % n == 0, last
 
     def before_train_iter(self, runner) -> None:
-        """Under DDP, all-reduce gradients only on the window's last iteration (``no_sync``)."""
+        """At a window's start, save the norm layers' running statistics (restored if the step is
+        skipped); under DDP, all-reduce gradients only on the window's last iteration."""
+        _, first, last = self._window(runner.iter, getattr(runner, 'max_iters', None))
+        if first and self._stats is not None:
+            self._stats.snapshot()
         if self.cumulative_iters > 1 and is_ddp(runner.model):
-            _, _, last = self._window(runner.iter, getattr(runner, 'max_iters', None))
             runner.model.require_backward_grad_sync = last
+
+    def sync_masters(self, runner=None) -> None:
+        """Master mode: take values written into the model's parameters (also through ``.data``)
+        into the masters now. Not needed after ``load_state_dict`` or in-place writes without
+        ``.data``; a no-op in autocast mode."""
+        if self._masters is not None:
+            self._masters.sync_from_model(compare_all=True)
 
     # ------------------------------------------------------------------ the step
     def after_train_iter(self, runner) -> None:
@@ -164,10 +220,11 @@ class Fp16OptimizerHook:
         if self._grads is None:
             raise RuntimeError('Fp16OptimizerHook: after_train_iter called before before_run')
         divisor, first, last = self._window(runner.iter, getattr(runner, 'max_iters', None))
-        self._grads.ensure_attached()
         if first or not self._started:
-            self._grads.zero_()
+            self._grads.start_window()
+            self._bad_terms = []
             self._started = True
+        self._note_bad_terms(runner.outputs.get('log_vars'))
         scale = self.loss_scaler.loss_scale
         loss = runner.outputs['loss'].float()
         (loss * (scale / divisor)).backward()
@@ -175,29 +232,60 @@ class Fp16OptimizerHook:
         if last:
             if is_ddp(runner.model):
                 runner.model.require_backward_grad_sync = True
-            log_vars = self._step(runner, scale)
+            log_vars = self._step(runner, scale, loss)
         log_vars['loss_scale'] = float(self.loss_scaler.loss_scale)
         log_vars['skipped_steps'] = self.loss_scaler.skipped_steps
         runner.log_buffer.update(log_vars, runner.outputs.get('num_samples', 1))
         self._update_meta(runner)
 
-    def _step(self, runner, scale: float) -> dict:
-        if self._masters is not None:
-            self._masters.ensure_grads_attached()
-            self._masters.copy_grads_from(self._grads.flats)
+    def _note_bad_terms(self, log_vars: Optional[dict]) -> None:
+        """Remember the loss terms of this window that were not finite (for the overflow warning)."""
+        for key, value in (log_vars or {}).items():
+            if 'loss' in key and key not in self._bad_terms:
+                try:
+                    finite = math.isfinite(float(value))
+                except (TypeError, ValueError, RuntimeError):
+                    continue
+                if not finite:
+                    self._bad_terms.append(key)
+
+    def _step(self, runner, scale: float, loss: torch.Tensor) -> dict:
+        grads, masters, ddp = self._grads, self._masters, is_ddp(runner.model)
+        if ddp:
+            grads.adopt_foreign()
+        if masters is not None:
+            masters.copy_grads_from(grads.flats)
         norm = self._unscale_and_check(scale)
-        overflow = self._agree_on_overflow()
+        overflow = self._agree_on_overflow(ddp)
+        untouched = [] if grads.all_touched() else grads.untouched()
         log_vars = {}
         if overflow:
-            self._warn_overflow(runner, scale, norm)
+            self._stats.restore()
+            self._warn_overflow(runner, scale, norm, loss)
         else:
+            if masters is not None:
+                masters.sync_from_model()
+                masters.attach_grads(untouched)
+            else:
+                grads.drop_untouched(untouched)
             if self.grad_clip is not None:
                 log_vars['grad_norm'] = self._clip(norm)
             runner.optimizer.step()
-            if self._masters is not None:
-                self._masters.copy_to_model()
+            if masters is not None:
+                masters.copy_to_model()
         self.loss_scaler.update(overflow)
+        self._check_streak(runner, overflow, scale)
         return log_vars
+
+    def _check_streak(self, runner, overflow: bool, scale: float) -> None:
+        self._skip_streak = self._skip_streak + 1 if overflow else 0
+        if self._skip_streak >= self.max_skipped_steps:
+            raise SkippedStepsError(
+                f'{self._skip_streak} consecutive optimizer steps skipped for inf/NaN gradients at iter '
+                f'{runner.iter + 1} (loss_scale {scale:g}, max_skipped_steps={self.max_skipped_steps}): '
+                'the run has diverged. Try a lower learning rate or a longer warmup, gradient clipping '
+                '(grad_clip=dict(max_norm=35, norm_type=2)), check the data, and resume from a '
+                'checkpoint saved before the divergence.')
 
     def _norm_type(self) -> float:
         return float(self.grad_clip.get('norm_type', 2)) if self.grad_clip is not None else 2.
@@ -227,11 +315,19 @@ class Fp16OptimizerHook:
             self._grad_tensors, found_inf, self._inv_scale.fill_(1.0 / scale))
         return None
 
-    def _agree_on_overflow(self) -> bool:
-        """The overflow flag, all_reduce(MAX)-ed across ranks when running distributed."""
+    def _agree_on_overflow(self, ddp: bool) -> bool:
+        """The overflow flag, all_reduce(MAX)-ed across ranks when running distributed; under DDP
+        the same collective agrees on which parameters received a gradient on any rank."""
         found_inf = self._found_inf
         if self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(found_inf, op=dist.ReduceOp.MAX)
+            if ddp:
+                touched = self._grads.touched_mask
+                agreed = torch.cat([found_inf, touched.to(found_inf)])
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                found_inf.copy_(agreed[:1])
+                touched.copy_(agreed[1:].cpu() > 0)
+            else:
+                dist.all_reduce(found_inf, op=dist.ReduceOp.MAX)
         return bool(found_inf.item())
 
     def _clip(self, norm: Optional[torch.Tensor]) -> float:
@@ -245,8 +341,9 @@ class Fp16OptimizerHook:
             torch._foreach_mul_(self._grad_tensors, coef)
         return float(total)
 
-    def _warn_overflow(self, runner, scale: float, norm: Optional[torch.Tensor]) -> None:
-        """One warning line naming the first parameters whose grads are inf or NaN."""
+    def _warn_overflow(self, runner, scale: float, norm: Optional[torch.Tensor], loss: torch.Tensor) -> None:
+        """One warning line naming the non-finite loss terms (or saying that the overflow arose in
+        backward) and the first parameters whose grads are inf or NaN."""
         views = self._masters.grad_views if self._masters is not None else self._grads.views
         bad = []
         for name, grad in zip(self._names, views):
@@ -260,10 +357,15 @@ class Fp16OptimizerHook:
             local = norm is not None and not bool(torch.isfinite(norm))
             where = ('none, but their norm overflows fp32' if local
                      else 'none on this rank (another rank overflowed)')
+        terms = [t for t in self._bad_terms if t != 'loss'] or list(self._bad_terms)
+        if not terms and not bool(torch.isfinite(loss)):
+            terms = ['loss']
+        losses = (f'non-finite loss terms: {", ".join(terms)}' if terms else
+                  'all loss terms finite, the overflow arose in backward')
         self._log(runner).warning(
             'Fp16OptimizerHook: gradient overflow at iter %d with loss_scale %g, step skipped '
-            '(%d skipped so far); non-finite grads: %s', runner.iter + 1, scale,
-            self.loss_scaler.skipped_steps + 1, where)
+            '(%d skipped so far); %s; non-finite grads: %s', runner.iter + 1, scale,
+            self.loss_scaler.skipped_steps + 1, losses, where)
 
     # ------------------------------------------------------------------ state
     def _fp16_meta(self) -> dict:

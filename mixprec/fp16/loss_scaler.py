@@ -12,6 +12,13 @@ class LossScaleCollapseError(RuntimeError):
     """The dynamic loss scale would fall below ``min_scale``: gradients overflow at any scale."""
 
 
+class SkippedStepsError(LossScaleCollapseError):
+    """Too many consecutive skipped steps (any scale, static included): the run has diverged.
+
+    A subclass of :class:`LossScaleCollapseError`, so what stops a run on a collapsed scale
+    (``tools/train.py``: one line, exit code 1) stops it on this too."""
+
+
 class LossScaler:
     """Keeps the loss scale and decides it from the overflow history.
 

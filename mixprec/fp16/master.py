@@ -1,13 +1,15 @@
 """fp32 master parameters: the optimizer's copy of a half model's trainable weights."""
 from __future__ import annotations
 
-from typing import Optional
+from operator import attrgetter
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .flat import flat_views
-from .wrap import is_norm
+from .flat import all_attached, flat_views
+
+_VERSION = attrgetter('_version')
 
 
 class MasterParams:
@@ -16,9 +18,15 @@ class MasterParams:
     Build it while the model is still fp32 (before ``wrap_fp16_model``) so the masters start from
     the exact fp32 values. Trainable parameters (in the optimizer and requiring grad) get masters
     that are views of one flat fp32 buffer [N], with ``.grad`` views of a second one, ordered as
-    the model will be after conversion: half parameters first, then the fp32 norm parameters, so
-    the model's flat gradient buffers map onto ``grad_flat`` slice by slice. Other parameters
-    (frozen stages) get plain fp32 clones, used only for checkpoints.
+    the model will be after conversion: half parameters first, then those that stay fp32
+    (``fp32_ids``: norm layers, ``fp32_modules``), so the model's flat gradient buffers map onto
+    ``grad_flat`` slice by slice. Other parameters (frozen stages) get fp32 copies, so that
+    checkpoints hold their exact fp32 values rather than the half model's rounding.
+
+    The masters follow the model: ``model.load_state_dict`` (also on a submodule) writes the
+    incoming fp32 values into the masters exactly, and :meth:`sync_from_model` takes any other
+    in-place write to a model parameter (``p.copy_``, ``p.mul_`` under ``no_grad``: they bump
+    ``p._version``) into its master, so the next step does not revert it.
 
     Attributes:
         names / model_params / params: the trainable parameters' names, model tensors and
@@ -26,20 +34,20 @@ class MasterParams:
         flat / grad_flat: fp32 [N] buffers behind ``params`` and their grads.
     """
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, fp32_ids: set[int]) -> None:
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group['params']}
-        norm_ids = {id(p) for m in module.modules() if is_norm(m) for p in m.parameters(recurse=False)}
         named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
         trainable = [(n, p) for n, p in named if p.requires_grad and id(p) in in_optimizer]
-        trainable.sort(key=lambda item: id(item[1]) in norm_ids)
+        trainable.sort(key=lambda item: id(item[1]) in fp32_ids)
         devices = {p.device for _, p in named}
         if len(devices) > 1:
             raise NotImplementedError(f'Fp16OptimizerHook: the model spans several devices {devices}; '
                                       'master mode supports one device per process')
         self.names = [n for n, _ in trainable]
         self.model_params = [p for _, p in trainable]
-        self.half_numel = sum(p.numel() for p in self.model_params if id(p) not in norm_ids)
+        self.half_numel = sum(p.numel() for p in self.model_params if id(p) not in fp32_ids)
         self.params: list[nn.Parameter] = []
+        self.grad_views: list[torch.Tensor] = []
         self.flat: Optional[torch.Tensor] = None
         self.grad_flat: Optional[torch.Tensor] = None
         if trainable:
@@ -51,11 +59,17 @@ class MasterParams:
             for master, grad in zip(self.params, self.grad_views):
                 master.grad = grad
         trainable_ids = {id(p) for p in self.model_params}
-        self.frozen = {id(p): nn.Parameter(p.detach().float().clone(), requires_grad=False)
-                       for _, p in named if id(p) not in trainable_ids}
-        self._master_of = {id(p): m for p, m in zip(self.model_params, self.params)}
-        self._master_of.update(self.frozen)
+        frozen = [p for _, p in named if id(p) not in trainable_ids]
+        self._live = self.model_params + frozen
+        self._copies = self.params + [nn.Parameter(p.detach().float().clone(), requires_grad=False)
+                                      for p in frozen]
+        self._master_of = {id(p): m for p, m in zip(self._live, self._copies)}
+        self._versions: list[int] = []
         self._swap_into(optimizer)
+        load_hook = _LoadHook(self)
+        self._hooks = [m.register_load_state_dict_pre_hook(load_hook)
+                       for m in module.modules() if any(id(p) in self._master_of for p in m._parameters.values()
+                                                        if p is not None)]
 
     def _swap_into(self, optimizer: torch.optim.Optimizer) -> None:
         """Replace model parameters by masters in ``param_groups`` and move any loaded state (a
@@ -67,11 +81,48 @@ class MasterParams:
             if master is not None:
                 optimizer.state[master] = optimizer.state.pop(old)
 
-    def ensure_grads_attached(self) -> None:
-        """Re-attach the master grad views if something (``optimizer.zero_grad()``) dropped them."""
-        if self.params and self.params[0].grad is not self.grad_views[0]:
-            for master, grad in zip(self.params, self.grad_views):
-                master.grad = grad
+    @torch.no_grad()
+    def load_into_masters(self, module: nn.Module, state_dict: dict, prefix: str) -> None:
+        """Before ``module`` loads its own parameters: the incoming fp32 values into the masters."""
+        for name, param in module._parameters.items():
+            master = self._master_of.get(id(param)) if param is not None else None
+            value = state_dict.get(prefix + name)
+            if master is not None and isinstance(value, torch.Tensor) and value.shape == master.shape:
+                master.copy_(value)
+
+    def record_versions(self) -> None:
+        """Remember the model parameters' version counters (after conversion or a copy back)."""
+        self._versions = list(map(_VERSION, self._live))
+
+    @torch.no_grad()
+    def sync_from_model(self, compare_all: bool = False) -> list[str]:
+        """Take in-place writes to model parameters into their masters; returns the names changed.
+
+        A parameter whose version counter moved, or every parameter with ``compare_all`` (at a
+        checkpoint: also catches writes through ``.data``, which bump no counter), is compared with
+        its master rounded to its dtype; where they differ the master becomes the model's value.
+        When nothing moved this is one C-level comparison of two lists of ints."""
+        versions = list(map(_VERSION, self._live))
+        if versions == self._versions and not compare_all:
+            return []
+        changed = []
+        for i, (live, copy) in enumerate(zip(self._live, self._copies)):
+            if (compare_all or versions[i] != self._versions[i]) and not torch.equal(live, copy.to(live.dtype)):
+                copy.copy_(live)
+                changed.append(i)
+        self._versions = versions
+        return changed
+
+    def attach_grads(self, untouched: Sequence[int] = ()) -> None:
+        """Master ``.grad`` = its view, or None for ``untouched`` (no gradient in this window: the
+        optimizer then skips it, as fp32's does); repairs what ``optimizer.zero_grad()`` dropped.
+        When every master already has its view this is one C-level identity check."""
+        if not untouched and all_attached(self.params, self.grad_views):
+            return
+        for master, grad in zip(self.params, self.grad_views):
+            master.grad = grad
+        for i in untouched:
+            self.params[i].grad = None
 
     def copy_grads_from(self, model_grad_flats: list[torch.Tensor]) -> None:
         """Copy the model's flat gradient buffers (half run, then fp32 run) into ``grad_flat``."""
@@ -85,9 +136,11 @@ class MasterParams:
         """Write the masters back into the model's (half and fp32) parameters."""
         if self.params:
             torch._foreach_copy_(self.model_params, self.params)
+        self.record_versions()
 
     def fp32_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """``module.state_dict()`` keys with fp32 values: masters for parameters, buffers upcast."""
+        self.sync_from_model(compare_all=True)
         out = {}
         for key, value in module.state_dict(keep_vars=True).items():
             master = self._master_of.get(id(value))
@@ -98,3 +151,21 @@ class MasterParams:
             else:
                 out[key] = value.detach().clone()
         return out
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+
+
+class _LoadHook:
+    """``load_state_dict`` pre-hook of the converted modules. A deep copy of the model (an EMA
+    copy) shares it: its parameters have no masters, so loading the copy changes nothing here."""
+
+    def __init__(self, masters: MasterParams) -> None:
+        self.masters = masters
+
+    def __call__(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        self.masters.load_into_masters(module, state_dict, prefix)
+
+    def __deepcopy__(self, memo: dict) -> '_LoadHook':
+        return self

@@ -1,13 +1,16 @@
 """``wrap_fp16_model``: convert a model for mixed-precision training or inference."""
 from __future__ import annotations
 
+import difflib
 import logging
-from typing import Union
+from typing import Iterable, Optional, Union
 
 import torch
 from torch import nn
 
-from .utils import HALF_DTYPES, cast_tensor_type, resolve_dtype
+from mixprec.registry import ConfigError
+
+from .utils import HALF_DTYPES, cast_tensor_type, first_tensor, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,63 @@ def convs_to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+def fp32_roots(model: nn.Module, fp32_modules: Optional[Iterable[str]]) -> list[nn.Module]:
+    """The modules named in ``fp32_modules`` (names as ``model.named_modules()`` gives them);
+    a name that matches no module is a ConfigError naming it and the closest names."""
+    if not fp32_modules:
+        return []
+    if isinstance(fp32_modules, str):
+        raise ConfigError(f'fp16.fp32_modules must be a list of module names, got {fp32_modules!r}')
+    named = dict(model.named_modules())
+    roots = []
+    for name in fp32_modules:
+        if name not in named or not name:
+            close = difflib.get_close_matches(str(name), [n for n in named if n], n=3)
+            raise ConfigError(f'fp16.fp32_modules: the model has no module named {name!r}'
+                              + (f'; closest: {", ".join(close)}' if close else ''))
+        roots.append(named[name])
+    return roots
+
+
+def fp32_module_ids(model: nn.Module, fp32_modules: Optional[Iterable[str]]) -> set[int]:
+    """ids of the modules that stay fp32 because of ``fp32_modules`` (the named ones and everything
+    inside them)."""
+    return {id(m) for root in fp32_roots(model, fp32_modules) for m in root.modules()}
+
+
+def fp32_param_ids(model: nn.Module, fp32_modules: Optional[Iterable[str]] = None) -> set[int]:
+    """ids of the parameters that stay fp32 in master mode: norm layers' and ``fp32_modules``'."""
+    kept = fp32_module_ids(model, fp32_modules)
+    return {id(p) for m in model.modules() if is_norm(m) or id(m) in kept for p in m.parameters(recurse=False)}
+
+
+def _fp32_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
+    """Inputs of an ``fp32_modules`` module up to fp32; in autocast mode, autocast off inside it."""
+    if module._fp16_cfg[1] == 'autocast':
+        x = first_tensor((args, kwargs))
+        device = x.device.type if x is not None else next(module.parameters()).device.type
+        context = torch.autocast(device, enabled=False)
+        context.__enter__()
+        module._fp16_autocast_off.append(context)
+    return cast_tensor_type(args, torch.float32, HALF_DTYPES), cast_tensor_type(kwargs, torch.float32, HALF_DTYPES)
+
+
+def _fp32_post_hook(module: nn.Module, args: tuple, output) -> None:
+    if module._fp16_autocast_off:
+        module._fp16_autocast_off.pop().__exit__(None, None, None)
+
+
+def _keep_fp32(module: nn.Module, dtype: torch.dtype, mode: str) -> None:
+    """Run ``module`` (an ``fp32_modules`` entry) in fp32: its half inputs cast up, autocast off
+    (autocast mode); its outputs stay fp32. Idempotent."""
+    module._fp16_cfg = (dtype, mode)
+    if not getattr(module, '_fp16_fp32_root', False):
+        module._fp16_autocast_off = []
+        module.register_forward_pre_hook(_fp32_pre_hook, with_kwargs=True)
+        module.register_forward_hook(_fp32_post_hook, always_call=True)
+        module._fp16_fp32_root = True
+
+
 def _cast_own_tensors(module: nn.Module, dtype: torch.dtype) -> None:
     """Cast the floating parameters (in place, same objects) and buffers of one module, not its children."""
     for param in module.parameters(recurse=False):
@@ -89,7 +149,7 @@ def _cast_own_tensors(module: nn.Module, dtype: torch.dtype) -> None:
 
 
 def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.float16,
-                    mode: str = 'master') -> nn.Module:
+                    mode: str = 'master', fp32_modules: Optional[Iterable[str]] = None) -> nn.Module:
     """Prepare ``model`` for mixed precision, in place, and return it.
 
     master: parameters and buffers become ``dtype`` except in normalization layers (BatchNorm*,
@@ -98,20 +158,28 @@ def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.flo
     autocast: weights stay fp32; the ``auto_fp16`` regions run under ``torch.autocast``.
     In both modes every submodule that has an ``fp16_enabled`` attribute gets it set to True and
     ``_fp16_cfg = (dtype, mode)`` for the decorators.
+    fp32_modules: names of submodules (``'roi_head.mask_head'``) that run entirely in fp32: their
+    parameters and buffers stay fp32 (master mode), their half inputs are cast up and autocast is
+    off inside them (autocast mode), their decorators stay inactive; their outputs are fp32.
     """
     if mode not in MODES:
         raise ValueError(f'fp16 mode must be one of {MODES}, got {mode!r}')
     dtype = resolve_dtype(dtype)
+    kept = fp32_module_ids(model, fp32_modules)
+    for root in fp32_roots(model, fp32_modules):
+        _keep_fp32(root, dtype, mode)
     if mode == 'master':
         convs_to_channels_last(model)
         for module in model.modules():
             if is_norm(module):
                 patch_norm_fp32(module)
-            else:
+            elif id(module) not in kept:
                 _cast_own_tensors(module, dtype)
     enabled = 0
     for module in model.modules():
-        if hasattr(module, 'fp16_enabled'):
+        if hasattr(module, 'fp16_enabled') and id(module) in kept:
+            module.fp16_enabled = False
+        elif hasattr(module, 'fp16_enabled'):
             module.fp16_enabled = True
             module._fp16_cfg = (dtype, mode)
             enabled += 1

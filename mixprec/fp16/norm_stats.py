@@ -1,0 +1,50 @@
+"""Running statistics of norm layers, saved before a step's forward and restored when the step is
+skipped, so that a skipped step leaves no trace in the model."""
+from __future__ import annotations
+
+from operator import attrgetter
+
+import torch
+from torch import nn
+
+_TRAINING = attrgetter('training')
+_STAT_NAMES = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+class RunningStatsGuard:
+    """Snapshot / restore of the running buffers of the norm layers in training mode.
+
+    Layers: every BatchNorm / InstanceNorm with ``track_running_stats``. Which of them are in
+    training mode is read once per snapshot (a C-level pass over their ``training`` flags); the
+    buffer lists are rebuilt only when that pattern changes. Snapshot and restore are one
+    ``torch._foreach_copy_`` each; a model whose norm layers are all in eval mode (``norm_eval``)
+    costs nothing.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules()
+                      if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+        self._pattern: list[bool] = []
+        self._live: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
+        self._valid = False
+
+    def snapshot(self) -> None:
+        pattern = list(map(_TRAINING, self.norms))
+        if pattern != self._pattern:
+            self._pattern = pattern
+            self._live = [m._buffers[name] for m, on in zip(self.norms, pattern) if on
+                          for name in _STAT_NAMES if m._buffers.get(name) is not None]
+            self._saved = [t.clone() for t in self._live]
+        elif self._live:
+            torch._foreach_copy_(self._saved, self._live)
+        self._valid = True
+
+    def restore(self) -> bool:
+        """Put the snapshot back (once); False when there was none to restore."""
+        if not self._valid:
+            return False
+        if self._live:
+            torch._foreach_copy_(self._live, self._saved)
+        self._valid = False
+        return True
