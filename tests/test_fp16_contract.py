@@ -116,13 +116,15 @@ def distance(a: dict, b: dict, start: dict, keys=None) -> float:
     return float(diff / moved)
 
 
-def pair(mode, dtype, model, data, between=None, make_opt=None, hook_args=None, bad_terms={}):
-    """(fp32 runner, fp32 hook, mixed runner, mixed hook, start weights) on copies of ``model``."""
+def pair(mode, dtype, model, data, between=None, make_opt=None, hook_args=None, bad_terms={}, prepare=None):
+    """(fp32 runner, fp32 hook, mixed runner, mixed hook, start weights) on copies of ``model``
+    (``prepare(copy)`` first, when given)."""
+    prepare = prepare or (lambda m: m)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     ref_hook = OptimizerHook()
-    ref = train(copy.deepcopy(model), ref_hook, data, between, make_opt, bad_terms)
+    ref = train(prepare(copy.deepcopy(model)), ref_hook, data, between, make_opt, bad_terms)
     hook = fp16_hook(mode, dtype, **(hook_args or {}))
-    mixed = train(copy.deepcopy(model), hook, data, between, make_opt, bad_terms)
+    mixed = train(prepare(copy.deepcopy(model)), hook, data, between, make_opt, bad_terms)
     return ref, ref_hook, mixed, hook, start
 
 
@@ -238,6 +240,7 @@ def test_weights_loaded_after_conversion_update_the_masters(mode, dtype, how, tm
             with torch.no_grad():
                 for name, param in module.named_parameters():
                     param.copy_(loaded[name])
+            return  # no checkpoint here: the next step alone must take the writes in
         after_load[id(runner)] = checkpoint_state(runner, hooks[id(runner)])
 
     hooks = {}
@@ -249,13 +252,8 @@ def test_weights_loaded_after_conversion_update_the_masters(mode, dtype, how, tm
     (ref, ref_hook), (mixed, hook) = ((r, hooks[id(r)]) for r in runners)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     keys = ['conv2.weight', 'conv2.bias'] if how == 'submodule' else list(start)
-    saved = after_load[id(mixed)]
-    for key in keys:  # a checkpoint right after the load holds the loaded weights
-        half = mixed.model.get_parameter(key).dtype
-        if how == 'copy_' and half is not torch.float32:  # written through the half model: rounded
-            assert torch.equal(saved[key], loaded[key].to(half).float()), key
-        else:
-            assert torch.equal(saved[key], loaded[key]), key
+    for key in keys if how != 'copy_' else []:  # a checkpoint right after the load: the loaded weights
+        assert torch.equal(after_load[id(mixed)][key], loaded[key]), key
     assert distance(params_of(mixed, hook), params_of(ref, ref_hook), start) < TOL[dtype]
     if mode == 'master':  # layouts survive the load
         conv = mixed.model.conv1.weight
@@ -268,8 +266,17 @@ def test_weights_loaded_after_conversion_update_the_masters(mode, dtype, how, tm
 def test_parameters_with_gaps_train_as_in_fp32(mode, dtype):
     torch.manual_seed(0)
     model = Net(gaps=True)
-    assert not model.sliced.is_contiguous() and not model.strided.is_contiguous()
-    ref, ref_hook, mixed, hook, start = pair(mode, dtype, model, batches(3))
+
+    def with_gaps(copied: Net) -> Net:  # deepcopy packs parameters: make them views with gaps again
+        sliced = torch.zeros(4, 16)[:, 2:10]
+        strided = torch.zeros(100).as_strided((4, 8), (20, 2))
+        sliced.copy_(copied.sliced.detach())
+        strided.copy_(copied.strided.detach())
+        copied.sliced, copied.strided = nn.Parameter(sliced), nn.Parameter(strided)
+        assert not copied.sliced.is_contiguous() and not copied.strided.is_contiguous()
+        return copied
+
+    ref, ref_hook, mixed, hook, start = pair(mode, dtype, model, batches(3), prepare=with_gaps)
     want, got = params_of(ref, ref_hook), params_of(mixed, hook)
     for keys in (['sliced'], ['strided'], ['fc.weight'], None):
         assert distance(got, want, start, keys) < TOL[dtype], keys
