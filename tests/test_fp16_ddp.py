@@ -1,5 +1,7 @@
 """A real 2-process gloo DDP run: the hook rebuilds DDP after converting the model to half, the
-overflow flag is agreed across ranks, and accumulation all-reduces once per window."""
+overflow flag is agreed across ranks, and accumulation all-reduces once per window and equals a
+single-process run over both ranks' micro-batches."""
+import logging
 import os
 import socket
 import sys
@@ -11,9 +13,10 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mixprec.fp16 import Fp16OptimizerHook, wrap_fp16_model
+from mixprec.fp16.ddp import rebuild_ddp
 
 sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers sit next to this file
-from test_fp16_helpers import TinyNet, batches, make_runner, run  # noqa: E402
+from test_fp16_helpers import TinyNet, batches, make_runner, net_loss, run  # noqa: E402
 
 WORLD = 2
 
@@ -51,15 +54,20 @@ def _overflow_on_rank1(rank: int) -> dict:
         return default_hooks.allreduce_hook(None, bucket).then(poison)
 
     runner.model.register_comm_hook(None, comm_hook)
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    runner.logger.addHandler(handler)
     weights = [_masters(runner).clone()]
     for i, batch in enumerate(batches(4, seed=100 + rank)):
         inject['on'] = i == 2
         run(runner, hook, [batch])
         weights.append(_masters(runner).clone())
+    runner.logger.removeHandler(handler)
     return {'rebuilt': runner.model is not ddp and isinstance(runner.model, DDP),
             'half': runner.model.module.conv1.weight.dtype,
             'weights': torch.stack(weights), 'scale': hook.loss_scaler.loss_scale,
-            'skipped': runner.log_buffer.last('skipped_steps'),
+            'skipped': runner.log_buffer.last('skipped_steps'), 'warnings': warnings,
             'model_matches_masters': torch.equal(runner.model.module.fc.weight.float(),
                                                  hook._masters.params[hook._names.index('fc.weight')].half().float())}
 
@@ -76,7 +84,7 @@ def _accumulate(rank: int) -> dict:
     flags.append(runner.model.require_backward_grad_sync)
     run(runner, hook, data[1:])
     return {'flags': flags, 'local_grads': local_grads, 'moved': not torch.equal(start, _masters(runner)),
-            'weights': _masters(runner)}
+            'weights': _masters(runner), 'named': dict(zip(hook._names, (m.detach() for m in hook._masters.params)))}
 
 
 def _without_rebuild(rank: int) -> str:
@@ -124,3 +132,40 @@ def test_two_process_gloo(tmp_path):
     print('DDP converted without rebuild:', r0['without_rebuild'], '|', r1['without_rebuild'])
     assert r0['without_rebuild'] != 'grads reduced'
     assert a0['moved'] and torch.equal(a0['weights'], a1['weights'])  # one all-reduce at its end
+    # the value: one fp32 SGD step on the mean loss of all four micro-batches (both ranks' two)
+    torch.manual_seed(1)
+    reference = TinyNet(norm='gn')
+    start = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    micro = [b for r in range(WORLD) for b in batches(2, seed=200 + r)]
+    (sum(net_loss(reference, img, labels) for img, labels in micro) / len(micro)).backward()
+    optimizer.step()
+    want = dict(reference.named_parameters())
+    diff = torch.cat([(a0['named'][n] - want[n].detach()).flatten() for n in want]).norm()
+    moved = torch.cat([(want[n].detach() - start[n]).flatten() for n in want]).norm()
+    assert diff / moved < 1e-2, float(diff / moved)
+    # the overflow of step 2 happened on rank 1 only: rank 0 says so, rank 1 names the parameters
+    w0, w1 = o0['warnings'], o1['warnings']
+    assert len(w0) == len(w1) == 1 and 'at iter 3' in w0[0] and 'at iter 3' in w1[0]
+    assert 'none on this rank (another rank overflowed)' in w0[0]
+    assert '(inf)' in w1[0] and 'another rank' not in w1[0]
+    assert 'all loss terms finite, the overflow arose in backward' in w0[0]
+
+
+def test_rebuild_ddp_keeps_the_wrapper_settings(tmp_path):
+    """find_unused_parameters, broadcast_buffers and static_graph survive the rebuild (one-process
+    gloo group)."""
+    if dist.is_initialized():
+        import pytest
+        pytest.skip('a process group is already initialised in this process')
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    try:
+        for flags in (dict(find_unused_parameters=True, broadcast_buffers=False, static_graph=False),
+                      dict(find_unused_parameters=False, broadcast_buffers=True, static_graph=True)):
+            ddp = DDP(TinyNet(), **flags)
+            rebuilt = rebuild_ddp(ddp)
+            assert rebuilt is not ddp and rebuilt.module is ddp.module
+            assert {k: getattr(rebuilt, k) for k in flags} == flags
+            assert rebuilt.gradient_as_bucket_view is False
+    finally:
+        dist.destroy_process_group()

@@ -128,14 +128,14 @@ def test_collapse_error_through_the_hook():
 
 @pytest.mark.parametrize('mode', ['master', 'autocast'])
 @pytest.mark.parametrize('loss_scale', [512., None])  # fused unscale path; bf16's default scale 1
-@pytest.mark.parametrize('max_norm', [0.05, 1e6])  # clipping active; norm above max_norm: no-op
-def test_grad_clip_equals_clipping_unscaled_fp32_grads(mode, loss_scale, max_norm):
+@pytest.mark.parametrize('max_norm,norm_type', [(0.05, 2.), (1e6, 2.), (0.05, 1.), (0.05, INF)])
+def test_grad_clip_equals_clipping_unscaled_fp32_grads(mode, loss_scale, max_norm, norm_type):
     """Independent reference: unscaled backward on a copy, grads as fp32, clip_grad_norm_, SGD lr 1."""
     model = TinyNet()
     if mode == 'autocast':
         del model.fp16_enabled  # the whole model then runs in fp32: the reference is exact fp32
     runner, hook, _ = setup('bfloat16', mode, lr=1., momentum=0., model=model, loss_scale=loss_scale,
-                            grad_clip=dict(max_norm=max_norm, norm_type=2))
+                            grad_clip=dict(max_norm=max_norm, norm_type=norm_type))
     img, labels = batches(1)[0]
     ref_model = copy.deepcopy(runner.model)
     named = dict(ref_model.named_parameters())
@@ -146,8 +146,10 @@ def test_grad_clip_equals_clipping_unscaled_fp32_grads(mode, loss_scale, max_nor
         q.grad = named[name].grad.float()
         copies.append(q)
     unclipped = [q.grad.clone() for q in copies]
-    total = nn.utils.clip_grad_norm_(copies, max_norm)
-    assert (total > 2 * max_norm) == (max_norm < 1)  # clipping is active in the first case only
+    total = nn.utils.clip_grad_norm_(copies, max_norm, norm_type)
+    assert (total > 2 * max_norm) == (max_norm < 1)
+    l2 = torch.linalg.vector_norm(torch.cat([g.flatten() for g in unclipped]))
+    assert (abs(float(total) - float(l2)) > 0.1 * float(l2)) == (norm_type != 2)  # L2 clipping would differ  # clipping is active in the first case only
     start = [p.detach().clone() for p in (hook._masters.params if mode == 'master' else hook._grads.params)]
     run(runner, hook, [(img, labels)])
     after = hook._masters.params if mode == 'master' else hook._grads.params
@@ -319,3 +321,28 @@ def test_mmcv_style_runner_without_meta():
     runner.meta = None
     run(runner, hook, batches(1))
     assert runner.meta['fp16']['loss_scaler']['loss_scale'] == 1.
+
+
+def test_guards_and_warnings(caplog):
+    """The hook's own argument checks, its order check and the resume-inside-a-window warning."""
+    with pytest.raises(ValueError, match='grad_clip needs max_norm'):
+        Fp16OptimizerHook(grad_clip=dict(norm_type=2))
+    with pytest.raises(ValueError, match='cumulative_iters must be >= 1, got 0'):
+        Fp16OptimizerHook(cumulative_iters=0)
+    with pytest.raises(ValueError, match='max_skipped_steps must be >= 1'):
+        Fp16OptimizerHook(max_skipped_steps=0)
+    model = TinyNet()
+    runner = make_runner(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    img, labels = batches(1)[0]
+    runner.outputs = {'loss': net_loss(model, img, labels), 'num_samples': 4}
+    with pytest.raises(RuntimeError, match='after_train_iter called before before_run'):
+        Fp16OptimizerHook(dtype='bfloat16').after_train_iter(runner)
+    for it, warned in ((5, True), (8, False)):
+        model = TinyNet()
+        runner = make_runner(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        runner.iter = it
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            Fp16OptimizerHook(dtype='bfloat16', cumulative_iters=4).before_run(runner)
+        messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any('resuming at iter 5, inside an accumulation window of 4' in m for m in messages) == warned
