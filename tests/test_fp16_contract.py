@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import sys
 from typing import Callable, Optional
 
@@ -312,6 +313,25 @@ def test_consecutive_skipped_steps_stop_the_run(mode, dtype):
                    bad_terms=broken)
     assert runner.log_buffer.last('skipped_steps') == 4
     assert Fp16OptimizerHook().max_skipped_steps >= 50  # a healthy dynamic-scale start never trips it
+
+
+@pytest.mark.slow
+def test_skipped_steps_stop_tools_train_with_exit_code_1(tmp_path):
+    """Through the real tools/train.py (tiny Mask R-CNN, bf16, static scale 1): NaN weights from
+    iteration 1 on end the run with one line and exit code 1 after max_skipped_steps."""
+    from helpers.tiny import write_tiny_config
+    from test_robustness_config import finish, one_error_line, start_tool, tool_env
+    from test_robustness_faults import ARGS, LAUNCHER
+    config = write_tiny_config(str(tmp_path), epochs=3, num_train=4, num_val=2, img_size=64,
+                               extra="fp16 = dict(dtype='bfloat16', max_skipped_steps=2)\n")
+    launcher = tmp_path / 'launcher.py'
+    launcher.write_text(LAUNCHER)
+    env = tool_env(FAULT_NAN_FROM_ITER='1', FAULT_MARKER=str(tmp_path / 'marker'))
+    proc = finish(start_tool('train.py', config, '--work-dir', str(tmp_path / 'work'), *ARGS, cwd=str(tmp_path),
+                             env=env, launcher=str(launcher)))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert re.match(r'error: 2 consecutive optimizer steps skipped for inf/NaN gradients at iter 3 '
+                    r'\(loss_scale 1, max_skipped_steps=2\): the run has diverged', one_error_line(proc))
 
 
 # ------------------------------------------------------------------ 7. unknown arguments

@@ -72,7 +72,7 @@ def test_training_ends_close_to_fp32(dtype, mode, tol):
     run(runner, hook, data)
     result = flat(masters(runner))
     assert (result - reference).norm() / reference.norm() < tol
-    assert (result - reference).norm() / (reference - start).norm() < 10 * tol
+    assert (result - reference).norm() / (reference - start).norm() < 15 * tol
     assert runner.log_buffer.last('skipped_steps') == 0
 
 

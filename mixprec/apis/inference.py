@@ -32,6 +32,7 @@ def init_detector(cfg: Config, checkpoint: Optional[str] = None, device: Optiona
         ckpt = load_checkpoint(model, checkpoint, map_location='cpu', trusted=trusted)
     if fp16_cfg is not None:
         dtype = resolve_dtype(fp16_cfg.get('dtype', 'float16'), device.type)
-        wrap_fp16_model(model, dtype=dtype, mode=fp16_cfg.get('mode', 'master'))
+        wrap_fp16_model(model, dtype=dtype, mode=fp16_cfg.get('mode', 'master'),
+                        fp32_modules=fp16_cfg.get('fp32_modules'))
     model.CLASSES = tuple(ckpt.get('meta', {}).get('CLASSES') or classes or getattr(model, 'CLASSES', ()) or ())
     return model.to(device).eval()
