@@ -8,11 +8,13 @@ import sys
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 import torch.multiprocessing as mp
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mixprec.fp16 import Fp16OptimizerHook, wrap_fp16_model
+from mixprec.fp16 import Fp16OptimizerHook, auto_fp16, wrap_fp16_model
 from mixprec.fp16.ddp import rebuild_ddp
 
 sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers sit next to this file
@@ -87,6 +89,39 @@ def _accumulate(rank: int) -> dict:
             'weights': _masters(runner), 'named': dict(zip(hook._names, (m.detach() for m in hook._masters.params)))}
 
 
+class _BranchNet(TinyNet):
+    """TinyNet (GroupNorm) with a branch never used (``extra``) and one used where ``use_cond``."""
+
+    def __init__(self) -> None:
+        super().__init__(norm='gn')
+        self.extra = nn.Linear(8, 4)
+        self.cond = nn.Linear(8, 4)
+        self.use_cond = False
+
+    @auto_fp16(apply_to=('img',))
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(img)))
+        x = F.relu(self.gn2(self.conv2(x))).mean((2, 3))
+        return self.fc(x) + self.cond(x) if self.use_cond else self.fc(x)
+
+
+def _unused_on_some_ranks(rank: int) -> dict:
+    """find_unused_parameters: ``cond`` is used on rank 1 only, ``extra`` nowhere. Both ranks must
+    step ``cond`` (DDP hands rank 0 the reduced gradient) and leave ``extra`` alone, as fp32 does."""
+    torch.manual_seed(2)
+    ddp = DDP(_BranchNet(), find_unused_parameters=True)
+    runner = make_runner(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1))
+    hook = Fp16OptimizerHook(dtype='float16', loss_scale=256.)
+    hook.before_run(runner)
+    masters = dict(zip(hook._names, hook._masters.params))
+    start = {n: m.detach().clone() for n, m in masters.items()}
+    runner.model.module.use_cond = rank == 1
+    run(runner, hook, batches(1, seed=300 + rank))
+    return {'moved': {n: not torch.equal(m, start[n]) for n, m in masters.items()},
+            'cond': masters['cond.weight'].detach().clone(),
+            'extra_state': runner.optimizer.state.get(masters['extra.weight'])}
+
+
 def _without_rebuild(rank: int) -> str:
     """Why the hook rebuilds DDP: converting the parameters under an existing wrapper breaks it."""
     torch.manual_seed(0)
@@ -108,7 +143,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=WORLD)
     try:
         torch.save({'overflow': _overflow_on_rank1(rank), 'accumulate': _accumulate(rank),
-                    'without_rebuild': _without_rebuild(rank)},
+                    'unused': _unused_on_some_ranks(rank), 'without_rebuild': _without_rebuild(rank)},
                    os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
@@ -150,6 +185,10 @@ def test_two_process_gloo(tmp_path):
     assert 'none on this rank (another rank overflowed)' in w0[0]
     assert '(inf)' in w1[0] and 'another rank' not in w1[0]
     assert 'all loss terms finite, the overflow arose in backward' in w0[0]
+    u0, u1 = r0['unused'], r1['unused']
+    assert u0['moved']['cond.weight'] and u1['moved']['cond.weight'] and torch.equal(u0['cond'], u1['cond'])
+    assert not u0['moved']['extra.weight'] and not u1['moved']['extra.weight']
+    assert u0['extra_state'] is None and u1['extra_state'] is None
 
 
 def test_rebuild_ddp_keeps_the_wrapper_settings(tmp_path):
