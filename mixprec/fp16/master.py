@@ -152,10 +152,6 @@ class MasterParams:
                 out[key] = value.detach().clone()
         return out
 
-    def remove_hooks(self) -> None:
-        for handle in self._hooks:
-            handle.remove()
-
 
 class _LoadHook:
     """``load_state_dict`` pre-hook of the converted modules. A deep copy of the model (an EMA

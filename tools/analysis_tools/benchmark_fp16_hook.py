@@ -120,8 +120,7 @@ def main() -> None:
 
     timer, grad_hooks = _Timer(), _Timer()
     flat = hook._grads
-    for handle in flat._handles:
-        handle.remove()
+    flat.remove_hooks()
     flat._handles = [p.register_hook(grad_hooks.wrap(flat._grad_hook(i))) for i, p in enumerate(flat.params)]
     backward = torch.Tensor.backward
     torch.Tensor.backward = timer.wrap(backward)
