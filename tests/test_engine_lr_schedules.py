@@ -60,6 +60,12 @@ def test_step_int_with_min_lr_by_epoch():
     assert lrs(rec) == pytest.approx([per_epoch[k // 3] for k in range(12)], rel=1e-12)
 
 
+def test_warmup_ending_mid_epoch_by_epoch():
+    rec = run(dict(policy='step', step=[2], warmup='linear', warmup_iters=4, warmup_ratio=0.1), max_epochs=3)
+    expected = [0.05 * (1 - (1 - k / 4) * 0.9) for k in range(4)] + [0.05] * 2 + [0.005] * 3
+    assert lrs(rec) == pytest.approx(expected, rel=1e-12)
+
+
 def test_step_list_by_iter_with_constant_warmup():
     rec = run(dict(policy='step', step=[4, 7], gamma=0.1, by_epoch=False, warmup='constant', warmup_iters=2,
                    warmup_ratio=0.2), max_iters=9)
@@ -185,6 +191,13 @@ def test_step_and_cosine_momentum():
     assert moms(rec) == pytest.approx([0.9] * 6 + [0.5] * 3)     # 0.45 floored at 0.5
     rec = run(None, dict(policy='CosineAnnealing', min_momentum_ratio=0.5, by_epoch=False), max_iters=6)
     assert moms(rec) == pytest.approx([cos_anneal(0.9, 0.45, k / 6) for k in range(6)], rel=1e-12)
+
+
+def test_momentum_warmup_divides_the_momentum():
+    rec = run(None, dict(policy='step', step=[3], gamma=0.5, by_epoch=False, warmup='linear', warmup_iters=2,
+                         warmup_ratio=0.9), max_iters=5, optimizer=dict(type='SGD', lr=BASE, momentum=0.8))
+    expected = [0.8 / (1 - (1 - k / 2) * 0.1) for k in range(2)] + [0.8, 0.4, 0.4]
+    assert moms(rec) == pytest.approx(expected, rel=1e-12)
 
 
 def test_paramwise_groups_keep_their_lr_ratio():
