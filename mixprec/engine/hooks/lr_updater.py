@@ -318,7 +318,7 @@ class CosineRestartLrUpdaterHook(LrUpdaterHook):
 
 
 class CyclicSchedule:
-    """mmcv's cyclic schedule (lr or momentum), iteration-based.
+    """mmcv's cyclic schedule (lr or momentum), iteration-based; a mixin listed before the hook's base.
 
     Each of ``cyclic_times`` cycles (``max_iters // cyclic_times`` iterations) anneals from the base
     value to ``base * target_ratio[0]`` over its first ``step_ratio_up`` fraction, then to
@@ -346,29 +346,24 @@ class CyclicSchedule:
         self.anneal = anneal_function(anneal_strategy, key)
         self.gamma = gamma
         self.iters_per_cycle = 0
-        self.phases: list[tuple[int, int, float, float]] = []
+        self.iters_up = 0
 
-    def _plan_cycles(self, runner) -> None:
+    def before_run(self, runner) -> None:
+        super().before_run(runner)
         self.iters_per_cycle = runner.max_iters // self.cyclic_times
         if self.iters_per_cycle < 1:
             raise ConfigError(f'{self.config_key}.cyclic_times={self.cyclic_times} exceeds the '
                               f'{runner.max_iters} iterations of the run')
-        up = int(self.step_ratio_up * self.iters_per_cycle)
-        self.phases = [(0, up, 1.0, self.target_ratio[0]),
-                       (up, self.iters_per_cycle, self.target_ratio[0], self.target_ratio[1])]
+        self.iters_up = int(self.step_ratio_up * self.iters_per_cycle)
 
     def cyclic_value(self, runner, base: float) -> float:
         cur = runner.iter % self.iters_per_cycle
         scale = self.gamma ** (runner.iter // self.iters_per_cycle)
-        for start, end, start_ratio, end_ratio in self.phases:
-            if start <= cur < end:
-                if start == 0:
-                    end_ratio = 1 - scale + end_ratio * scale
-                else:
-                    start_ratio = 1 - scale + start_ratio * scale
-                return self.anneal(base * start_ratio, base * end_ratio, (cur - start) / (end - start))
-        # past the last whole cycle (max_iters not a multiple of cyclic_times): the end value
-        return base * self.target_ratio[1]
+        peak = 1 - scale + self.target_ratio[0] * scale
+        if cur < self.iters_up:
+            return self.anneal(base, base * peak, cur / self.iters_up)
+        return self.anneal(base * peak, base * self.target_ratio[1],
+                           (cur - self.iters_up) / (self.iters_per_cycle - self.iters_up))
 
 
 @HOOKS.register_module()
@@ -379,10 +374,6 @@ class CyclicLrUpdaterHook(CyclicSchedule, LrUpdaterHook):
                  step_ratio_up: float = 0.4, anneal_strategy: str = 'cos', gamma: float = 1, **kwargs) -> None:
         self._init_cyclic(target_ratio, cyclic_times, step_ratio_up, anneal_strategy, gamma, by_epoch)
         super().__init__(by_epoch=by_epoch, **kwargs)
-
-    def before_run(self, runner) -> None:
-        super().before_run(runner)
-        self._plan_cycles(runner)
 
     def get_lr(self, runner, base_lr: float) -> float:
         return self.cyclic_value(runner, base_lr)

@@ -105,10 +105,6 @@ class CyclicMomentumUpdaterHook(CyclicSchedule, MomentumUpdaterHook):
         self._init_cyclic(target_ratio, cyclic_times, step_ratio_up, anneal_strategy, gamma, by_epoch)
         super().__init__(by_epoch=by_epoch, **kwargs)
 
-    def before_run(self, runner) -> None:
-        super().before_run(runner)
-        self._plan_cycles(runner)
-
     def get_momentum(self, runner, base_momentum: float) -> float:
         return self.cyclic_value(runner, base_momentum)
 
