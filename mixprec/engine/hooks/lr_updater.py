@@ -130,6 +130,10 @@ class ParamSchedulerHook(Hook):
         for group in runner.optimizer.param_groups:
             group.setdefault(self.initial_key, self.read(group))
         self.base_values = [group[self.initial_key] for group in runner.optimizer.param_groups]
+        self._resolve_warmup(runner)
+
+    def _resolve_warmup(self, runner) -> None:
+        """``warmup_by_epoch``: ``warmup_iters`` counted epochs; turn them into iterations, once."""
         if self.warmup_by_epoch:
             self.warmup_iters = self.warmup_iters * runner.iters_per_epoch
             self.warmup_by_epoch = False
@@ -428,6 +432,7 @@ class OneCycleLrUpdaterHook(LrUpdaterHook):
         if total < runner.max_iters:
             raise ConfigError(f'{self.config_key}.total_steps={total} is less than the run\'s '
                               f'{runner.max_iters} iterations')
+        self._resolve_warmup(runner)
         max_lrs = per_group(self.max_lr, runner.optimizer, f'{self.config_key}.max_lr')
         self.base_values = [lr / self.div_factor for lr in max_lrs]
         for group, lr in zip(runner.optimizer.param_groups, self.base_values):

@@ -129,6 +129,7 @@ class OneCycleMomentumUpdaterHook(MomentumUpdaterHook):
         optimizer = runner.optimizer
         if not all(has_momentum(g) for g in optimizer.param_groups):
             raise ConfigError(f'momentum_config: {type(optimizer).__name__} has neither momentum nor betas')
+        self._resolve_warmup(runner)
         lows = per_group(self.base_momentum, optimizer, 'momentum_config.base_momentum')
         highs = per_group(self.max_momentum, optimizer, 'momentum_config.max_momentum')
         for group, low, high in zip(optimizer.param_groups, lows, highs):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import torch
 from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
