@@ -238,3 +238,32 @@ def test_bad_momentum_config_is_one_line():
         run(None, dict(policy='poly'), max_iters=3)
     with pytest.raises(ConfigError, match='Adagrad has neither momentum nor betas'):
         run(None, dict(policy='cyclic'), max_iters=3, optimizer=dict(type='Adagrad', lr=BASE))
+
+
+def test_resumed_run_continues_each_groups_schedule(tmp_path):
+    """Resumed from epoch 1, the per-group lrs and momenta go on as in the uninterrupted run
+    (each group's ``initial_lr`` / ``initial_momentum`` travel in the optimizer's state)."""
+    lr_config = dict(policy='CosineRestart', periods=[4, 5], restart_weights=[1, 0.5], min_lr_ratio=0.1,
+                     by_epoch=False)
+    momentum_config = dict(policy='CosineAnnealing', min_momentum_ratio=0.5, by_epoch=False)
+    optimizer = dict(type='SGD', lr=BASE, momentum=0.9, paramwise_cfg=dict(custom_keys={'fc': dict(lr_mult=0.1)}))
+
+    def make(work_dir):
+        torch.manual_seed(0)
+        model = ToyModel()
+        runner = Runner(model, build_optimizer(model, optimizer), work_dir=str(work_dir), max_epochs=3,
+                        logger=logging.getLogger('mixprec.test'))
+        runner.register_training_hooks(lr_config, dict(), dict(interval=1), None, momentum_config=momentum_config)
+        recorder = Recorder()
+        runner.register_hook(recorder)
+        return runner, recorder
+
+    runner, full = make(tmp_path / 'full')
+    runner.run(toy_loader(12, 4))
+    runner, resumed = make(tmp_path / 'resumed')
+    runner.resume(str(tmp_path / 'full' / 'epoch_1.pth'))
+    runner.run(toy_loader(12, 4))
+    assert len(resumed.lrs) == 6
+    assert resumed.lrs == full.lrs[3:]
+    assert resumed.moms == full.moms[3:]
+    assert full.lrs[5][5] == pytest.approx(0.1 * full.lrs[5][0])
