@@ -122,6 +122,7 @@ DATASETS = Registry('datasets')
 TRANSFORMS = Registry('transforms')
 HOOKS = Registry('hooks')
 OPTIMIZERS = Registry('optimizers')
+OPTIMIZER_BUILDERS = Registry('optimizer constructors')
 
 for _name, _cls in vars(torch.optim).items():
     if inspect.isclass(_cls) and issubclass(_cls, torch.optim.Optimizer) and _cls is not torch.optim.Optimizer:

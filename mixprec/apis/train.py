@@ -18,7 +18,8 @@ from mixprec.data import build_dataloader, build_dataset
 from mixprec.data.errors import DataError
 from mixprec.engine import (DistEvalHook, DistSamplerSeedHook, EvalHook, Runner, all_gather_object,
                             broadcast_object, get_dist_info, get_logger)
-from mixprec.registry import OPTIMIZERS, ConfigError
+from mixprec.engine.optimizer import build_optimizer
+from mixprec.registry import ConfigError
 
 
 def init_random_seed(seed: Optional[int] = None) -> int:
@@ -37,12 +38,6 @@ def set_random_seed(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-
-
-def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """``torch.optim`` by name over the trainable parameters (frozen stages are left out)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS.build(dict(cfg, params=params))
 
 
 def find_latest_checkpoint(work_dir: str) -> Optional[str]:
@@ -138,7 +133,8 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
                     **_max_length(cfg))
     with config_section(path, 'lr_config/optimizer_config/fp16/checkpoint_config/log_config/custom_hooks'):
         runner.register_training_hooks(cfg.get('lr_config'), _optimizer_hook_cfg(cfg, distributed),
-                                       cfg.get('checkpoint_config'), cfg.get('log_config'), cfg.get('custom_hooks'))
+                                       cfg.get('checkpoint_config'), cfg.get('log_config'), cfg.get('custom_hooks'),
+                                       momentum_config=cfg.get('momentum_config'))
     runner.register_hook(DistSamplerSeedHook())
 
     if validate:

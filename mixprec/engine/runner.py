@@ -27,7 +27,7 @@ from mixprec.checkpoint import (CheckpointError, link_or_copy, load_checkpoint a
                                 load_state_dict, save_file, unwrap_model)
 from mixprec.registry import HOOKS
 from .dist_utils import all_gather_object, barrier, get_dist_info, is_dist
-from .hooks import Hook, build_lr_hook, get_priority
+from .hooks import Hook, build_lr_hook, build_momentum_hook, get_priority
 from .log_buffer import LogBuffer
 from .rng import get_rng_state, set_rng_state
 
@@ -197,10 +197,13 @@ class Runner:
 
     def register_training_hooks(self, lr_config: Optional[dict], optimizer_config: Any,
                                 checkpoint_config: Optional[dict], log_config: Optional[dict],
-                                custom_hooks_config: Optional[list] = None) -> None:
-        """The standard set, as mmcv 1.x: lr, optimizer, checkpoint, timer, loggers, custom hooks."""
+                                custom_hooks_config: Optional[list] = None,
+                                momentum_config: Optional[dict] = None) -> None:
+        """The standard set, as mmcv 1.x: lr, momentum, optimizer, checkpoint, timer, loggers, custom hooks."""
         if lr_config is not None:
             self.register_hook(build_lr_hook(lr_config))
+        if momentum_config is not None:
+            self.register_hook(build_momentum_hook(momentum_config))
         if optimizer_config is not None:
             if isinstance(optimizer_config, dict):
                 optimizer_config = HOOKS.build(dict(type='OptimizerHook', **optimizer_config)

@@ -4,9 +4,14 @@ from .eval import DistEvalHook, EvalHook
 from .hook import Hook, PRIORITIES, get_priority
 from .iter_timer import IterTimerHook
 from .logger import JsonLoggerHook, LoggerHook, TextLoggerHook
-from .lr_updater import (CosineAnnealingLrUpdaterHook, FixedLrUpdaterHook, LrUpdaterHook, StepLrUpdaterHook,
-                         build_lr_hook)
-from .optimizer import NonFiniteLossError, OptimizerHook
+from .lr_updater import (CosineAnnealingLrUpdaterHook, CosineRestartLrUpdaterHook, CyclicLrUpdaterHook,
+                         ExpLrUpdaterHook, FixedLrUpdaterHook, FlatCosineAnnealingLrUpdaterHook, InvLrUpdaterHook,
+                         LinearAnnealingLrUpdaterHook, LrUpdaterHook, OneCycleLrUpdaterHook, PolyLrUpdaterHook,
+                         StepLrUpdaterHook, build_lr_hook)
+from .momentum_updater import (CosineAnnealingMomentumUpdaterHook, CyclicMomentumUpdaterHook,
+                               LinearAnnealingMomentumUpdaterHook, MomentumUpdaterHook, OneCycleMomentumUpdaterHook,
+                               StepMomentumUpdaterHook, build_momentum_hook)
+from .optimizer import GradientCumulativeOptimizerHook, NonFiniteLossError, OptimizerHook
 from .sampler_seed import DistSamplerSeedHook
 
 __all__ = [
@@ -14,4 +19,9 @@ __all__ = [
     'FixedLrUpdaterHook', 'Hook', 'IterTimerHook', 'JsonLoggerHook', 'LoggerHook', 'LrUpdaterHook',
     'NonFiniteLossError', 'OptimizerHook', 'PRIORITIES', 'StepLrUpdaterHook', 'TextLoggerHook',
     'build_lr_hook', 'get_priority',
+    'CosineRestartLrUpdaterHook', 'CyclicLrUpdaterHook', 'ExpLrUpdaterHook', 'FlatCosineAnnealingLrUpdaterHook',
+    'InvLrUpdaterHook', 'LinearAnnealingLrUpdaterHook', 'OneCycleLrUpdaterHook', 'PolyLrUpdaterHook',
+    'CosineAnnealingMomentumUpdaterHook', 'CyclicMomentumUpdaterHook', 'LinearAnnealingMomentumUpdaterHook',
+    'MomentumUpdaterHook', 'OneCycleMomentumUpdaterHook', 'StepMomentumUpdaterHook', 'build_momentum_hook',
+    'GradientCumulativeOptimizerHook',
 ]

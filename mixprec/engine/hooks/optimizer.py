@@ -1,13 +1,13 @@
-"""OptimizerHook: backward and optimizer step for fp32 training, with a non-finite loss guard."""
+"""OptimizerHook and GradientCumulativeOptimizerHook: backward and optimizer step for fp32 training."""
 from __future__ import annotations
 
 import math
 from typing import Optional
 
-import torch
+from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
-from mixprec.registry import HOOKS
+from mixprec.registry import HOOKS, ConfigError
 from .hook import Hook
 
 
@@ -43,6 +43,10 @@ class OptimizerHook(Hook):
         self.nonfinite_streak = 0
         runner.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._step(runner)
+
+    def _step(self, runner) -> None:
+        """Clip (when configured, logging ``grad_norm``) and step the optimizer."""
         if self.grad_clip is not None:
             params = [p for g in runner.optimizer.param_groups for p in g['params'] if p.grad is not None]
             if params:
@@ -59,3 +63,63 @@ class OptimizerHook(Hook):
                 f'{self.nonfinite_streak} consecutive iterations with non-finite losses '
                 f'({", ".join(bad_terms)}) at iter {runner.iter + 1}: training diverged; '
                 f'lower the lr, add optimizer_config.grad_clip, or check the data')
+
+
+@HOOKS.register_module()
+class GradientCumulativeOptimizerHook(OptimizerHook):
+    """Accumulate gradients over ``cumulative_iters`` iterations per optimizer step (mmcv 1.x).
+
+    Windows start at multiples of ``cumulative_iters``; each loss is divided by the window's length,
+    so a window's step equals one step over the windows' batches concatenated (up to rounding, and
+    to batch statistics of BatchNorm layers in train mode). The run's last, incomplete window
+    divides by its own length and steps at ``max_iters``. Under DDP the gradients are all-reduced
+    only on a window's last backward. A non-finite loss skips its window's step (every rank sees the
+    same averaged loss, so they all skip).
+
+    Args:
+        cumulative_iters: iterations per optimizer step.
+        grad_clip, max_nonfinite_iters: as :class:`OptimizerHook`.
+    """
+
+    def __init__(self, cumulative_iters: int = 1, **kwargs) -> None:
+        if isinstance(cumulative_iters, bool) or not isinstance(cumulative_iters, int) or cumulative_iters < 1:
+            raise ConfigError(f'optimizer_config.cumulative_iters must be a positive int, got {cumulative_iters!r}')
+        super().__init__(**kwargs)
+        self.cumulative_iters = cumulative_iters
+        self._window_ok = True
+
+    def before_run(self, runner) -> None:
+        if runner.iter % self.cumulative_iters:
+            runner.logger.warning('GradientCumulativeOptimizerHook: resuming at iter %d, inside a window of %d '
+                                  'iterations: that first window steps with fewer gradients', runner.iter,
+                                  self.cumulative_iters)
+        if self.cumulative_iters > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                                             for m in runner.model.modules()):
+            runner.logger.warning('GradientCumulativeOptimizerHook: the model has BatchNorm layers; their '
+                                  'batch statistics still see one iteration\'s batch, not the window')
+
+    def _window(self, runner) -> tuple[int, bool, bool]:
+        """(loss divisor, first iteration of the window, last iteration of the window)."""
+        n, it, max_iters = self.cumulative_iters, runner.iter, runner.max_iters
+        tail_start = max_iters // n * n
+        divisor = max_iters - tail_start if it >= tail_start else n
+        return divisor, it % n == 0, (it + 1) % n == 0 or it + 1 >= max_iters
+
+    def before_train_iter(self, runner) -> None:
+        if isinstance(runner.model, nn.parallel.DistributedDataParallel):
+            runner.model.require_backward_grad_sync = self._window(runner)[2]
+
+    def after_train_iter(self, runner) -> None:
+        divisor, first, last = self._window(runner)
+        if first:
+            runner.optimizer.zero_grad(set_to_none=True)
+            self._window_ok = True
+        bad_terms = [k for k, v in runner.outputs['log_vars'].items() if not math.isfinite(v)]
+        if bad_terms:
+            self._window_ok = False
+            self._skip(runner, bad_terms)
+        else:
+            self.nonfinite_streak = 0
+            (runner.outputs['loss'] / divisor).backward()
+        if last and self._window_ok:
+            self._step(runner)
