@@ -69,7 +69,7 @@ def test_detector_trains_and_tests_under_the_hook(kind, dtype, mode):
         loss = total_loss(losses)
         assert loss.dtype is torch.float32 and torch.isfinite(loss), (step, losses)
         if step == 0:
-            precision.assert_losses_close(ref_losses, {k: float(sum(v) if isinstance(v, list) else v)
+            precision.assert_losses_close(ref_losses, {k: float((sum(v) if isinstance(v, list) else v).detach())
                                                        for k, v in losses.items()}, rtol=1e-2)
         runner.outputs = dict(loss=loss)
         runner.iter = step

@@ -32,7 +32,8 @@ def spread_classifiers(model: torch.nn.Module, std: float = 2.0, retina_bias: fl
         fan_in = layer.weight[0].numel()
         with torch.no_grad():
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * std / fan_in ** 0.5)
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * std + (retina_bias if 'retina' in name else 0.0))
+            offset = retina_bias if 'retina' in name else 0.0  # RetinaNet: few pairs above score_thr
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * std + offset)
     return model
 
 
@@ -60,7 +61,7 @@ def losses_of(model: torch.nn.Module, batch: dict, seed: int = 0) -> dict[str, f
     model.train()
     torch.manual_seed(seed)
     losses = model(**copy.deepcopy(batch))
-    return {k: float(sum(v) if isinstance(v, list) else v) for k, v in losses.items()}
+    return {k: float((sum(v) if isinstance(v, list) else v).detach()) for k, v in losses.items()}
 
 
 def detections_of(model: torch.nn.Module, batch: dict) -> list:
