@@ -1,5 +1,6 @@
-"""Each detector trains a few steps under the Fp16OptimizerHook (fp16 and bf16, master and autocast) on
-the CPU with finite losses and moving weights, then tests in the same precision."""
+"""Each detector under the Fp16OptimizerHook (fp16 and bf16, master and autocast) on the CPU: its
+detections and first losses equal an fp32 copy's on the same weights, then it trains a few steps
+with finite losses and moving weights."""
 import copy
 
 import pytest
