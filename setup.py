@@ -24,5 +24,5 @@ setup(
         'tqdm>=4.60',
         'matplotlib>=3.5',
     ],
-    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2']},
+    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2'], 'eval': ['faster-coco-eval>=1.6']},
 )

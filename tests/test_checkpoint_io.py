@@ -115,3 +115,21 @@ def test_save_file_failure_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_file(path)['v'].item() == 1
     assert os.listdir(tmp_path) == ['latest.pth']
+
+
+def test_ddp_saved_module_prefix_is_stripped(tmp_path):
+    """A checkpoint saved from a DistributedDataParallel model (keys ``module.*``) loads strictly."""
+    model = small_model()
+    path = str(tmp_path / 'ddp.pth')
+    save_file({'state_dict': {f'module.{k}': v for k, v in model.state_dict().items()}}, path)
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    load_checkpoint(other, path, strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+    # mmcv's rule strips a leading 'module.' whatever it is; a model with its own 'module' child
+    # loads with revise_keys=()
+    nested = nn.ModuleDict({'module': small_model()})
+    save_file({'state_dict': nested.state_dict()}, path)
+    with pytest.raises(CheckpointError, match='missing keys'):
+        load_checkpoint(nn.ModuleDict({'module': small_model()}), path, strict=True)
+    load_checkpoint(nn.ModuleDict({'module': small_model()}), path, strict=True, revise_keys=())

@@ -49,11 +49,15 @@ def test_retina_anchor_octave_scales_are_ratio_major():
 
 
 def test_anchor_valid_flags_follow_pad_shape():
-    gen = AnchorGenerator(strides=[8], ratios=[1.0], scales=[4])
-    (flags,) = gen.valid_flags([(4, 4)], pad_shape=(20, 30, 3))
-    grid = flags.view(4, 4)
-    assert grid.dtype == torch.bool
-    assert grid[:3].all() and not grid[3].any()
+    # pad (20, 30) on a 4 x 5 grid of stride 8: ceil(20 / 8) = 3 rows and ceil(30 / 8) = 4 columns are valid
+    gen = AnchorGenerator(strides=[8], ratios=[0.5, 1.0], scales=[4])
+    (flags,) = gen.valid_flags([(4, 5)], pad_shape=(20, 30, 3))
+    assert flags.dtype == torch.bool and flags.shape == (4 * 5 * 2,)
+    expected = torch.tensor([[1, 1, 1, 1, 0]] * 3 + [[0, 0, 0, 0, 0]], dtype=torch.bool)
+    # row-major locations, then the location's anchors
+    assert torch.equal(flags.view(4, 5, 2), expected[:, :, None].expand(4, 5, 2))
+    (wider,) = gen.valid_flags([(4, 5)], pad_shape=(64, 64, 3))  # a pad beyond the grid limits nothing
+    assert wider.all()
 
 
 def test_anchor_generator_rejects_bad_args():

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
+from mixprec.models.task_modules import roi_align as roi_align_module
 from mixprec.models.task_modules.roi_align import roi_align, sparse_roi_align
 
 
@@ -29,11 +30,33 @@ def test_matches_torchvision(sampling_ratio, aligned):
     assert torch.allclose(g_got, g_expected, atol=1e-5)
 
 
-def test_dispatch_and_empty():
+def _spy(monkeypatch, name):
+    """Record each call of ``roi_align_module.<name>`` (the module-level function ``roi_align`` calls)."""
+    calls = []
+    real = getattr(roi_align_module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(roi_align_module, name, spy)
+    return calls
+
+
+def test_dispatch_and_empty(monkeypatch):
     feats = torch.randn(1, 2, 8, 8, requires_grad=True)
     assert sparse_roi_align(feats, torch.zeros(0, 5), (7, 7), 1.0).shape == (0, 2, 7, 7)
     rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]])
     expected = tv_roi_align(feats, rois, (2, 2), 1.0, 0, True)
+    sparse_calls = _spy(monkeypatch, 'sparse_roi_align')
+    tv_calls = _spy(monkeypatch, 'tv_roi_align')
     with torch.no_grad():  # inference: torchvision's kernel itself, bit for bit
         assert torch.equal(roi_align(feats, rois, (2, 2), 1.0), expected)
+    assert (sparse_calls, tv_calls) == ([], [torch.float32])
+    # training on the CPU in fp32: the sparse form, same numbers
     assert torch.allclose(roi_align(feats, rois, (2, 2), 1.0), expected, atol=1e-6)
+    assert (sparse_calls, tv_calls) == ([torch.float32], [torch.float32])
+    # features that need no gradient, or another dtype: torchvision's kernel
+    roi_align(feats.detach(), rois, (2, 2), 1.0)
+    roi_align(feats.detach().double().requires_grad_(), rois.double(), (2, 2), 1.0)
+    assert (sparse_calls, tv_calls) == ([torch.float32], [torch.float32, torch.float32, torch.float64])

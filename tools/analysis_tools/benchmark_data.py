@@ -1,14 +1,17 @@
 """Data and evaluation speed: training pipeline images/s in one worker, and COCO bbox evaluation time.
 
     python tools/analysis_tools/benchmark_data.py [--pipeline-images 40] [--eval-images 5000] [--dets 100]
+        [--eval-backends pycocotools faster_coco_eval] [--skip-pipeline]
 
 1. Shapes images (generated in a temp dir) through the mmdetection v2 training pipeline at
    img_scale (1333, 800), box-only and with masks, in the calling process (= one loader worker).
 2. A synthetic COCO file (80 classes, --eval-images images) and a results list of --dets boxes
-   per image (jittered ground truth plus random boxes), evaluated with CocoDataset.evaluate.
+   per image (jittered ground truth plus random boxes), evaluated with CocoDataset.evaluate by
+   each COCOeval backend in turn (wall and process CPU time; the machine may be shared).
 """
 import argparse
 import json
+import os
 import os.path as osp
 import tempfile
 import time
@@ -16,6 +19,7 @@ import time
 import numpy as np
 
 from mixprec.data import COCO_CLASSES, CocoDataset, ShapesDataset, make_shapes_dataset
+from mixprec.evaluation.coco_eval import BACKEND_ENV
 
 NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 
@@ -76,7 +80,7 @@ def synthetic_results(gts: list, dets: int, rng: np.random.Generator) -> list:
     return results
 
 
-def bench_eval(root: str, num_images: int, dets: int) -> None:
+def bench_eval(root: str, num_images: int, dets: int, backends: list[str]) -> None:
     rng = np.random.default_rng(0)
     coco, gts = synthetic_coco(num_images, rng)
     path = osp.join(root, 'synthetic_coco.json')
@@ -84,11 +88,18 @@ def bench_eval(root: str, num_images: int, dets: int) -> None:
         json.dump(coco, f)
     ds = CocoDataset(path, [], test_mode=True)
     results = synthetic_results(gts, dets, rng)
-    start = time.perf_counter()
-    out = ds.evaluate(results, metric='bbox', logger='silent')
-    elapsed = time.perf_counter() - start
-    print(f'bbox evaluation, {num_images} images x {dets} boxes ({len(coco["annotations"])} GT): '
-          f'{elapsed:.1f} s (results2json + COCOeval evaluate/accumulate/summarize); bbox_mAP {out["bbox_mAP"]}')
+    times = {}
+    for backend in backends:
+        os.environ[BACKEND_ENV] = backend
+        start, cpu = time.perf_counter(), time.process_time()
+        out = ds.evaluate(results, metric='bbox', logger='silent')
+        times[backend] = (time.perf_counter() - start, time.process_time() - cpu)
+        print(f'bbox evaluation ({backend}), {num_images} images x {dets} boxes ({len(coco["annotations"])} GT): '
+              f'{times[backend][0]:.1f} s wall, {times[backend][1]:.1f} s CPU (results2json + COCOeval '
+              f'evaluate/accumulate/summarize); bbox_mAP {out["bbox_mAP"]}')
+    if len(times) > 1:
+        (a, ta), (b, tb) = list(times.items())[:2]
+        print(f'{b} / {a}: {tb[0] / ta[0]:.3f} wall, {tb[1] / ta[1]:.3f} CPU')
 
 
 def main() -> None:
@@ -97,10 +108,14 @@ def main() -> None:
     parser.add_argument('--img-size', type=int, default=640, help='long side of the generated shapes images')
     parser.add_argument('--eval-images', type=int, default=5000)
     parser.add_argument('--dets', type=int, default=100)
+    parser.add_argument('--eval-backends', nargs='+', default=['pycocotools', 'faster_coco_eval'],
+                        choices=['pycocotools', 'faster_coco_eval'])
+    parser.add_argument('--skip-pipeline', action='store_true')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        bench_pipeline(osp.join(root, 'shapes'), args.pipeline_images, args.img_size)
-        bench_eval(root, args.eval_images, args.dets)
+        if not args.skip_pipeline:
+            bench_pipeline(osp.join(root, 'shapes'), args.pipeline_images, args.img_size)
+        bench_eval(root, args.eval_images, args.dets, args.eval_backends)
 
 
 if __name__ == '__main__':

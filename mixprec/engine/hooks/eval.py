@@ -5,6 +5,9 @@ import math
 import os
 from typing import Optional
 
+import torch
+from torch import nn
+
 from mixprec.checkpoint import link_or_copy
 from mixprec.registry import HOOKS
 from ..rng import preserved_rng_state
@@ -103,8 +106,23 @@ class EvalHook(Hook):
 
 @HOOKS.register_module()
 class DistEvalHook(EvalHook):
-    """EvalHook for distributed runs: every rank tests its shard, rank 0 evaluates."""
+    """EvalHook for distributed runs: every rank tests its shard, rank 0 evaluates.
+
+    ``broadcast_bn_buffer`` (default True, as mmdetection v2): before testing, every rank takes rank
+    0's BatchNorm running statistics. DDP runs with ``broadcast_buffers=False``, so with trainable BN
+    each rank's statistics drift apart, and the shards would be tested by different models (not the
+    one the checkpoint saves).
+    """
+
+    def __init__(self, dataloader, *args, broadcast_bn_buffer: bool = True, **kwargs) -> None:
+        super().__init__(dataloader, *args, **kwargs)
+        self.broadcast_bn_buffer = broadcast_bn_buffer
 
     def test(self, runner) -> Optional[list]:
         from ..test import multi_gpu_test
+        if self.broadcast_bn_buffer and torch.distributed.is_available() and torch.distributed.is_initialized():
+            for module in runner.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                    torch.distributed.broadcast(module.running_mean, 0)
+                    torch.distributed.broadcast(module.running_var, 0)
         return multi_gpu_test(runner.model, self.dataloader)
