@@ -82,7 +82,7 @@ class StandardRoIHead(nn.Module):
         rois = bbox2roi([res.bboxes for res in sampling_results])
         cls_score, bbox_pred = self._bbox_forward(x, rois)
         targets = self.bbox_head.get_targets(sampling_results, self.train_cfg)
-        losses = self.bbox_head.loss(cls_score, bbox_pred, *targets)
+        losses = self.bbox_head.loss(cls_score, bbox_pred, *targets, rois=rois)
 
         if self.with_mask:
             pos_rois = bbox2roi([res.pos_bboxes for res in sampling_results])

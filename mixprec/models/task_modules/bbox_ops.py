@@ -15,38 +15,38 @@ from torchvision.ops import nms as tv_nms
 
 def bbox_overlaps(bboxes1: Tensor, bboxes2: Tensor, mode: str = 'iou', is_aligned: bool = False,
                   eps: float = 1e-6) -> Tensor:
-    """IoU (or IoF: intersection over the area of ``bboxes1``) between two sets of boxes.
+    """IoU, IoF (intersection over the area of ``bboxes1``) or GIoU between two sets of boxes.
 
     Args:
         bboxes1: [N, 4] (extra trailing columns such as scores are ignored).
         bboxes2: [M, 4]; with ``is_aligned`` M must equal N.
-        mode: 'iou' or 'iof'.
+        mode: 'iou', 'iof' or 'giou' (IoU minus the share of the enclosing box outside the union).
         is_aligned: compare row i with row i only.
-        eps: added to the union (or area) to avoid division by zero.
+        eps: lower bound of the union (or area) and of the enclosing area, against division by 0.
 
     Returns:
         [N, M] overlaps, or [N] when ``is_aligned``.
     """
-    if mode not in ('iou', 'iof'):
-        raise ValueError(f"bbox_overlaps: mode must be 'iou' or 'iof', got {mode!r}")
+    if mode not in ('iou', 'iof', 'giou'):
+        raise ValueError(f"bbox_overlaps: mode must be 'iou', 'iof' or 'giou', got {mode!r}")
     bboxes1 = bboxes1[..., :4]
     bboxes2 = bboxes2[..., :4]
+    if not is_aligned:
+        bboxes1 = bboxes1[..., :, None, :]
+        bboxes2 = bboxes2[..., None, :, :]
     area1 = (bboxes1[..., 2] - bboxes1[..., 0]) * (bboxes1[..., 3] - bboxes1[..., 1])
     area2 = (bboxes2[..., 2] - bboxes2[..., 0]) * (bboxes2[..., 3] - bboxes2[..., 1])
-    if is_aligned:
-        lt = torch.max(bboxes1[..., :2], bboxes2[..., :2])
-        rb = torch.min(bboxes1[..., 2:], bboxes2[..., 2:])
-        wh = (rb - lt).clamp(min=0)
-        overlap = wh[..., 0] * wh[..., 1]
-        union = area1 + area2 - overlap if mode == 'iou' else area1
-    else:
-        lt = torch.max(bboxes1[..., :, None, :2], bboxes2[..., None, :, :2])
-        rb = torch.min(bboxes1[..., :, None, 2:], bboxes2[..., None, :, 2:])
-        wh = (rb - lt).clamp(min=0)
-        overlap = wh[..., 0] * wh[..., 1]
-        union = area1[..., :, None] + area2[..., None, :] - overlap if mode == 'iou' else area1[..., :, None]
+    wh = (torch.min(bboxes1[..., 2:], bboxes2[..., 2:]) - torch.max(bboxes1[..., :2], bboxes2[..., :2])).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - overlap if mode != 'iof' else area1.expand_as(overlap)
     union = union.clamp(min=eps)
-    return overlap / union
+    ious = overlap / union
+    if mode != 'giou':
+        return ious
+    enclose_wh = (torch.max(bboxes1[..., 2:], bboxes2[..., 2:])
+                  - torch.min(bboxes1[..., :2], bboxes2[..., :2])).clamp(min=0)
+    enclose_area = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
+    return ious - (enclose_area - union) / enclose_area
 
 
 def bbox2roi(bbox_list: Sequence[Tensor]) -> Tensor:
