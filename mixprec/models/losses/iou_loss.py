@@ -15,7 +15,7 @@ from mixprec.fp16 import force_fp32
 from mixprec.models.task_modules.bbox_ops import bbox_overlaps
 from mixprec.registry import MODELS, ConfigError
 
-from .utils import check_reduction, weight_reduce_loss
+from .utils import as_fp32, check_reduction, weight_reduce_loss
 
 IOU_MODES = ('linear', 'square', 'log')
 
@@ -105,9 +105,9 @@ class _BoxLoss(nn.Module):
         """pred, target: [n, 4] absolute boxes; weight: [n] or [n, 4]. A weight with no positive
         entry gives ``(pred * weight).sum()`` (a zero that keeps the graph), as mmdetection does."""
         reduction = check_reduction(reduction_override, self.reduction)
-        pred, target = pred.float(), target.float()
+        pred, target = as_fp32(pred), as_fp32(target)
         if weight is not None:
-            weight = weight.float()
+            weight = as_fp32(weight)
             if not torch.any(weight > 0) and (reduction != 'none' or self.zero_weight_shortcut_when_unreduced):
                 return (pred * (weight[:, None] if pred.dim() == weight.dim() + 1 else weight)).sum()
             if self.per_box and weight.dim() > 1:

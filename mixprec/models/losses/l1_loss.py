@@ -10,17 +10,17 @@ from torch import Tensor, nn
 from mixprec.fp16 import force_fp32
 from mixprec.registry import MODELS, ConfigError
 
-from .utils import check_reduction, weight_reduce_loss
+from .utils import as_fp32, check_reduction, weight_reduce_loss
 
 
 def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Element-wise |pred - target|, fp32."""
-    return (pred.float() - target.float()).abs()
+    return (as_fp32(pred) - as_fp32(target)).abs()
 
 
 def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0) -> Tensor:
     """Element-wise Huber-style loss: quadratic under ``beta`` (> 0), linear above, fp32."""
-    diff = (pred.float() - target.float()).abs()
+    diff = (as_fp32(pred) - as_fp32(target)).abs()
     return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
 
 
@@ -28,7 +28,7 @@ def balanced_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0, alpha: flo
                      gamma: float = 1.5) -> Tensor:
     """Element-wise balanced L1 (Libra R-CNN): with b = e^(gamma / alpha) - 1, under ``beta``
     alpha / b * (b x + 1) log(b x / beta + 1) - alpha x, above it gamma x + gamma / b - alpha beta."""
-    diff = (pred.float() - target.float()).abs()
+    diff = (as_fp32(pred) - as_fp32(target)).abs()
     b = np.e ** (gamma / alpha) - 1
     inlier = alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff
     return torch.where(diff < beta, inlier, gamma * diff + gamma / b - alpha * beta)
@@ -57,10 +57,10 @@ class _ElementwiseLoss(nn.Module):
         """pred, target [n, 4]; weight [n, 4] or broadcastable. Empty targets give a zero with grad."""
         reduction = check_reduction(reduction_override, self.reduction)
         if target.numel() == 0:
-            return pred.float().sum() * 0
+            return as_fp32(pred).sum() * 0
         loss = self.elementwise(pred, target)
         if weight is not None:
-            weight = weight.float()
+            weight = as_fp32(weight)
         return self.loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
