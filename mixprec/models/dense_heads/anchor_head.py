@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16, force_fp32
-from mixprec.models.task_modules.bbox_ops import batched_nms
+from mixprec.models.task_modules.bbox_ops import batched_nms, check_gt_labels
 from mixprec.registry import MODELS, TASK_UTILS
 
 # Losses that weigh every anchor themselves, so no sampling happens (mmdetection's rule).
@@ -122,6 +122,7 @@ class AnchorHead(nn.Module):
                                  else self.bbox_coder.encode(sampling.pos_bboxes, sampling.pos_gt_bboxes))
             bbox_weights[pos] = 1.0
             if gt_labels is not None:
+                check_gt_labels(gt_labels, self.num_classes, type(self).__name__)
                 labels[pos] = gt_labels[sampling.pos_assigned_gt_inds].long()
             else:
                 labels[pos] = 0

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16, force_fp32
 from mixprec.models.losses import accuracy
-from mixprec.models.task_modules.bbox_ops import multiclass_nms
+from mixprec.models.task_modules.bbox_ops import check_gt_labels, multiclass_nms
 from mixprec.registry import MODELS, TASK_UTILS
 
 
@@ -111,6 +111,7 @@ class ConvFCBBoxHead(nn.Module):
             label_weights.append(torch.cat([torch.full((num_pos,), pos_weight, device=device),
                                             torch.ones(num_neg, device=device)]))
         labels, is_pos, label_weights = torch.cat(labels), torch.cat(is_pos), torch.cat(label_weights)
+        check_gt_labels(labels[is_pos], self.num_classes, type(self).__name__)
         pos_bboxes = torch.cat([res.pos_bboxes for res in sampling_results]).float()
         pos_gt_bboxes = torch.cat([res.pos_gt_bboxes for res in sampling_results]).float()
         bbox_targets = pos_bboxes.new_zeros((labels.size(0), 4))

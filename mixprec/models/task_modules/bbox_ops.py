@@ -49,6 +49,14 @@ def bbox_overlaps(bboxes1: Tensor, bboxes2: Tensor, mode: str = 'iou', is_aligne
     return ious - (enclose_area - union) / enclose_area
 
 
+def check_gt_labels(labels: Tensor, num_classes: int, head: str) -> None:
+    """Raise when a gt label is outside 0..num_classes-1: the dataset's classes and the head's
+    ``num_classes`` disagree (mmdetection v2 would silently train such labels as background)."""
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise ValueError(f'{head}: gt label {int(labels.max())} but num_classes={num_classes}; the dataset\'s '
+                         f'classes (data.train.classes) and the model\'s num_classes must agree')
+
+
 def bbox2roi(bbox_list: Sequence[Tensor]) -> Tensor:
     """Pack per-image boxes into RoIs.
 
