@@ -80,6 +80,7 @@ def bounded_iou_loss(pred: Tensor, target: Tensor, beta: float = 0.2, eps: float
 
 class _BoxLoss(nn.Module):
     """Shared forward of the IoU family: fp32, weight/avg_factor/reduction as mmdetection v2.
+    Args: ``eps`` (1e-6), ``reduction``, ``loss_weight``.
 
     ``per_box`` losses give one value per box, so a [n, 4] weight is averaged over its last axis;
     BoundedIoULoss gives [n, 4] and takes the weight as it is. A weight without a positive entry
@@ -89,7 +90,7 @@ class _BoxLoss(nn.Module):
     per_box = True
     zero_weight_shortcut_when_unreduced = True
 
-    def __init__(self, eps: float, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
         super().__init__()
         self.fp16_enabled = False
         self.eps = eps
@@ -141,9 +142,6 @@ class IoULoss(_BoxLoss):
 class GIoULoss(_BoxLoss):
     """Generalized IoU loss, 1 - GIoU."""
 
-    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-        super().__init__(eps, reduction, loss_weight)
-
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
         return giou_loss(pred, target, self.eps)
 
@@ -152,9 +150,6 @@ class GIoULoss(_BoxLoss):
 class DIoULoss(_BoxLoss):
     """Distance IoU loss, 1 - DIoU."""
 
-    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-        super().__init__(eps, reduction, loss_weight)
-
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
         return diou_loss(pred, target, self.eps)
 
@@ -162,9 +157,6 @@ class DIoULoss(_BoxLoss):
 @MODELS.register_module()
 class CIoULoss(_BoxLoss):
     """Complete IoU loss, 1 - CIoU."""
-
-    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-        super().__init__(eps, reduction, loss_weight)
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
         return ciou_loss(pred, target, self.eps)
