@@ -112,9 +112,10 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
     """
     if method not in SOFT_NMS_METHODS:
         raise ValueError(f'soft_nms: method must be one of {SOFT_NMS_METHODS}, got {method!r}')
-    boxes = boxes[:, :4].float()
-    rem = torch.arange(boxes.size(0), device=boxes.device)
-    rem_scores = scores.float().clone()
+    device = boxes.device
+    boxes = boxes[:, :4].float().cpu()  # a sequential loop: on the CPU, as mmcv runs it
+    rem = torch.arange(boxes.size(0))
+    rem_scores = scores.float().cpu().clone()
     areas = (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1] + offset)
     sel_inds, sel_scores = [], []
     while rem.numel() > 0:
@@ -146,9 +147,9 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
         order[holes] = fillers
         rem, rem_scores = rem[order], rem_scores[order]
     if not sel_inds:
-        return boxes.new_zeros((0, 5)), rem.new_zeros(0)
+        return boxes.new_zeros((0, 5)).to(device), rem.new_zeros(0).to(device)
     inds = torch.stack(sel_inds)
-    return torch.cat([boxes[inds], torch.stack(sel_scores)[:, None]], dim=1), inds
+    return torch.cat([boxes[inds], torch.stack(sel_scores)[:, None]], dim=1).to(device), inds.to(device)
 
 
 _NMS_KEYS = {'nms': {'iou_threshold', 'max_num', 'split_thr'},
