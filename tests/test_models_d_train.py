@@ -1,11 +1,13 @@
-"""Each new loss / sampler variant trains a tiny detector on synthetic shapes under the
-Fp16OptimizerHook (bf16, master and autocast): finite fp32 losses, and the loss falls."""
+"""Each new loss / sampler / mask-format variant trains a tiny detector on synthetic shapes under
+the Fp16OptimizerHook (bf16, master and autocast): finite fp32 losses, and the loss falls."""
 import copy
 
 import numpy as np
 import pytest
 import torch
 
+from mixprec.data import PolygonMasks
+from mixprec.data.masks import mask_to_polygons
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import MODELS
 
@@ -35,7 +37,12 @@ def retina_variant() -> dict:
     return cfg
 
 
+def mask_poly_variant() -> dict:
+    return tiny_cfg('mask', num_classes=2)
+
+
 VARIANTS = {
+    'mask_polygons': mask_poly_variant,
     'giou': lambda: rcnn_variant(dict(type='GIoULoss', loss_weight=10.0), True),
     'ciou': lambda: rcnn_variant(dict(type='CIoULoss', loss_weight=12.0), True),
     'bounded_iou': lambda: rcnn_variant(dict(type='BoundedIoULoss', loss_weight=10.0), True),
@@ -50,7 +57,8 @@ VARIANTS = {
 
 # every variant in master mode; one per code path (decoded R-CNN boxes, OHEM, decoded dense boxes)
 # also under autocast
-CASES = [(v, 'master') for v in sorted(VARIANTS)] + [(v, 'autocast') for v in ('giou', 'ohem', 'retina_giou')]
+CASES = [(v, 'master') for v in sorted(VARIANTS)] + [(v, 'autocast') for v in ('giou', 'ohem', 'retina_giou',
+                                                                                'mask_polygons')]
 
 
 @pytest.mark.parametrize('variant,mode', CASES)
@@ -64,12 +72,15 @@ def test_variant_trains_under_bf16(variant, mode):
     hook = Fp16OptimizerHook(dtype='bfloat16', mode=mode, grad_clip=dict(max_norm=35, norm_type=2))
     runner = make_runner(model, optimizer)
     hook.before_run(runner)
-    img, boxes, labels, _ = make_shapes(num_images=1, size=128, seed=0)
+    img, boxes, labels, masks = make_shapes(num_images=1, size=128, seed=0)
+    targets = dict(gt_bboxes=boxes, gt_labels=labels)
+    if variant == 'mask_polygons':
+        targets['gt_masks'] = [PolygonMasks.from_coco([mask_to_polygons(m) for m in masks[0].numpy()], 128, 128)]
     metas = [dict(img_shape=(128, 128, 3), ori_shape=(128, 128, 3), pad_shape=(128, 128, 3),
                   scale_factor=np.ones(4, dtype=np.float32), flip=False)]
     history = []
     for step in range(8):
-        losses = runner.model(img, copy.deepcopy(metas), gt_bboxes=boxes, gt_labels=labels)
+        losses = runner.model(img, copy.deepcopy(metas), **targets)
         for key, value in losses.items():
             for v in value if isinstance(value, list) else [value]:
                 assert v.dtype is torch.float32 and torch.isfinite(v), (step, key, v)
