@@ -38,7 +38,8 @@ def test_iou_loss_modes_hand_values():
     assert IoULoss().mode == 'log'  # mmdetection v2's default
     for mode, expected in [('log', math.log(3)), ('linear', 2 / 3), ('square', 8 / 9)]:
         torch.testing.assert_close(IoULoss(mode=mode)(pred, target), torch.tensor(expected))
-    torch.testing.assert_close(IoULoss(linear=True)(pred, target), torch.tensor(2 / 3))
+    with pytest.warns(DeprecationWarning, match='linear'):
+        torch.testing.assert_close(IoULoss(linear=True)(pred, target), torch.tensor(2 / 3))
     # disjoint boxes: IoU clamped to eps
     far = torch.tensor([[50., 50., 60., 60.]])
     torch.testing.assert_close(IoULoss(eps=1e-6)(pred, far), torch.tensor(-math.log(1e-6)))

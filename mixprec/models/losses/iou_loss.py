@@ -6,6 +6,7 @@ The predictions are decoded boxes ``[n, 4]`` (x1, y1, x2, y2), so the heads usin
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -132,6 +133,9 @@ class IoULoss(_BoxLoss):
         if mode not in IOU_MODES:
             raise ConfigError(f'IoULoss: mode must be one of {IOU_MODES}, got {mode!r}')
         super().__init__(eps, reduction, loss_weight)
+        if linear:
+            warnings.warn("IoULoss(linear=True) is deprecated (as in mmdetection v2); use mode='linear'",
+                          DeprecationWarning)
         self.mode = 'linear' if linear else mode
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
