@@ -147,5 +147,7 @@ def test_load_image_and_annotations_from_generated_files(tmp_path):
     assert LoadImageFromFile(to_float32=True)(dict(results, img_prefix=str(tmp_path)))['img'].dtype == np.float32
     with pytest.raises(FileNotFoundError, match='nope.png'):
         LoadImageFromFile()(dict(img_info=dict(filename='nope.png'), img_prefix=str(tmp_path)))
-    with pytest.raises(ConfigError, match='poly2mask'):
-        LoadAnnotations(with_mask=True, poly2mask=False)
+    polys = Compose([dict(type='LoadImageFromFile'),
+                     dict(type='LoadAnnotations', with_mask=True, poly2mask=False)])(
+        dict(results, bbox_fields=[], mask_fields=[]))['gt_masks']
+    assert np.array_equal(polys.to_ndarray(), out['gt_masks'])

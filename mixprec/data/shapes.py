@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from .masks import segm_to_rle
+from .masks import mask_to_polygons, segm_to_rle
 
 CATEGORIES = ({'id': 1, 'name': 'circle', 'supercategory': 'shape'},
               {'id': 3, 'name': 'square', 'supercategory': 'shape'},
@@ -207,33 +207,3 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
     if flat[0] == 1:
         runs = [0] + runs
     return {'counts': [int(r) for r in runs], 'size': [int(mask.shape[0]), int(mask.shape[1])]}
-
-
-def mask_to_polygons(mask: np.ndarray) -> Optional[list]:
-    """Pixel-edge polygons of a ``[H, W]`` mask, or None when it has holes (polygons cannot say so).
-
-    Contours are traced on the mask upsampled 2x, where a boundary pixel's parity tells which edge
-    of the original pixel it lies on; mapping ``X -> (X + X % 2) / 2`` puts vertices on pixel
-    edges, so pycocotools rasterises the polygons back to the same pixels.
-    """
-    up = np.kron(mask.astype(np.uint8), np.ones((2, 2), dtype=np.uint8))
-    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None or (hierarchy[0][:, 3] >= 0).any():
-        return None
-    polygons = []
-    for contour in contours:
-        pts = contour.reshape(-1, 2).astype(np.float64)
-        pts = _drop_redundant((pts + pts % 2) / 2)
-        if len(pts) >= 3:
-            polygons.append([float(v) for v in pts.reshape(-1)])
-    return polygons or None
-
-
-def _drop_redundant(pts: np.ndarray) -> np.ndarray:
-    """Remove repeated and collinear vertices of a closed polygon ``[K, 2]``."""
-    pts = pts[np.any(pts != np.roll(pts, 1, axis=0), axis=1)]
-    if len(pts) < 3:
-        return pts
-    prev, nxt = np.roll(pts, 1, axis=0), np.roll(pts, -1, axis=0)
-    cross = (pts[:, 0] - prev[:, 0]) * (nxt[:, 1] - pts[:, 1]) - (pts[:, 1] - prev[:, 1]) * (nxt[:, 0] - pts[:, 0])
-    return pts[cross != 0]

@@ -8,6 +8,8 @@ import torch
 
 from mixprec.registry import TRANSFORMS
 
+from ..masks import PolygonMasks
+
 DEFAULT_META_KEYS = ('filename', 'ori_filename', 'ori_shape', 'img_shape', 'pad_shape', 'scale_factor',
                      'flip', 'flip_direction', 'img_norm_cfg')
 
@@ -61,7 +63,7 @@ class ToTensor:
 @TRANSFORMS.register_module()
 class DefaultFormatBundle:
     """img to float32 ``[3, H, W]``; gt_bboxes(_ignore) float32, gt_labels int64, gt_masks uint8
-    ``[N, H, W]`` Tensors; fills pad_shape, scale_factor and img_norm_cfg when missing."""
+    ``[N, H, W]`` Tensors (PolygonMasks stay as they are); fills pad_shape, scale_factor and img_norm_cfg when missing."""
 
     def __init__(self, img_to_float: bool = True) -> None:
         self.img_to_float = img_to_float
@@ -82,7 +84,7 @@ class DefaultFormatBundle:
                 results[key] = to_tensor(np.asarray(results[key], dtype=np.float32))
         if 'gt_labels' in results:
             results['gt_labels'] = to_tensor(np.asarray(results['gt_labels'], dtype=np.int64))
-        if 'gt_masks' in results:
+        if 'gt_masks' in results and not isinstance(results['gt_masks'], PolygonMasks):
             results['gt_masks'] = to_tensor(np.asarray(results['gt_masks'], dtype=np.uint8))
         return results
 

@@ -6,9 +6,9 @@ import os.path as osp
 import mmcv
 import numpy as np
 
-from mixprec.registry import TRANSFORMS, ConfigError
+from mixprec.registry import TRANSFORMS
 from ..errors import MissingImageError, UnreadableImageError
-from ..masks import decode_masks
+from ..masks import PolygonMasks, decode_masks
 
 
 @TRANSFORMS.register_module()
@@ -53,13 +53,11 @@ class LoadImageFromFile:
 @TRANSFORMS.register_module()
 class LoadAnnotations:
     """Copy ``ann_info`` into ``gt_bboxes`` [N, 4] float32, ``gt_labels`` [N] int64,
-    ``gt_bboxes_ignore`` [K, 4] float32 and ``gt_masks`` uint8 [N, H, W] (decoded by pycocotools)."""
+    ``gt_bboxes_ignore`` [K, 4] float32 and ``gt_masks``: uint8 [N, H, W] decoded by pycocotools, or
+    with ``poly2mask=False`` the polygons as :class:`PolygonMasks` (mmdetection v2)."""
 
     def __init__(self, with_bbox: bool = True, with_label: bool = True, with_mask: bool = False,
                  poly2mask: bool = True) -> None:
-        if with_mask and not poly2mask:
-            raise ConfigError('LoadAnnotations: poly2mask=False (polygon masks) is not supported; '
-                              'masks are kept as bitmaps, use poly2mask=True')
         self.with_bbox = with_bbox
         self.with_label = with_label
         self.with_mask = with_mask
@@ -78,7 +76,11 @@ class LoadAnnotations:
             results['gt_labels'] = np.asarray(ann['labels'], dtype=np.int64).reshape(-1)
         if self.with_mask:
             info = results['img_info']
-            results['gt_masks'] = decode_masks(ann['masks'], info['height'], info['width'])
+            if self.poly2mask:
+                results['gt_masks'] = decode_masks(ann['masks'], info['height'], info['width'])
+            else:
+                results['gt_masks'] = PolygonMasks.from_coco(ann['masks'], info['height'], info['width'],
+                                                             where=f"{info.get('filename', '')}: ")
             results['mask_fields'].append('gt_masks')
         return results
 

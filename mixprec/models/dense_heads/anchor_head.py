@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16, force_fp32
-from mixprec.models.task_modules.bbox_ops import batched_nms
+from mixprec.models.task_modules.bbox_ops import batched_nms, check_gt_labels
 from mixprec.registry import MODELS, TASK_UTILS
 
 # Losses that weigh every anchor themselves, so no sampling happens (mmdetection's rule).
@@ -41,12 +41,15 @@ class AnchorHead(nn.Module):
             (``cls_out_channels = num_classes``) over softmax (``num_classes + 1``).
         train_cfg: ``assigner``, ``sampler`` (optional), ``allowed_border``, ``pos_weight``.
         test_cfg: post-processing settings, see the subclasses' ``get_bboxes``.
+        reg_decoded_bbox: regress decoded boxes against the gt boxes in absolute coordinates
+            (for the IoU-family losses) instead of deltas against encoded targets.
     """
 
     def __init__(self, num_classes: int, in_channels: int, feat_channels: int, anchor_generator: dict,
                  bbox_coder: dict, loss_cls: dict, loss_bbox: dict, train_cfg: Optional[dict] = None,
-                 test_cfg: Optional[dict] = None) -> None:
+                 test_cfg: Optional[dict] = None, reg_decoded_bbox: bool = False) -> None:
         super().__init__()
+        self.reg_decoded_bbox = reg_decoded_bbox
         self.fp16_enabled = False
         self.num_classes = num_classes
         self.in_channels = in_channels
@@ -115,9 +118,11 @@ class AnchorHead(nn.Module):
         pos = inside_inds[sampling.pos_inds]
         neg = inside_inds[sampling.neg_inds]
         if pos.numel() > 0:
-            bbox_targets[pos] = self.bbox_coder.encode(sampling.pos_bboxes, sampling.pos_gt_bboxes)
+            bbox_targets[pos] = (sampling.pos_gt_bboxes.to(bbox_targets) if self.reg_decoded_bbox
+                                 else self.bbox_coder.encode(sampling.pos_bboxes, sampling.pos_gt_bboxes))
             bbox_weights[pos] = 1.0
             if gt_labels is not None:
+                check_gt_labels(gt_labels, self.num_classes, type(self).__name__)
                 labels[pos] = gt_labels[sampling.pos_assigned_gt_inds].long()
             else:
                 labels[pos] = 0
@@ -136,7 +141,8 @@ class AnchorHead(nn.Module):
 
         Returns:
             labels [B, N] (``num_classes`` = background), label_weights [B, N],
-            bbox_targets [B, N, 4] (encoded deltas), bbox_weights [B, N, 4],
+            bbox_targets [B, N, 4] (encoded deltas, or gt boxes with ``reg_decoded_bbox``),
+            bbox_weights [B, N, 4],
             num_total_pos, num_total_neg (sums over images of max(1, count)).
         """
         num_imgs = len(img_metas)
@@ -154,7 +160,8 @@ class AnchorHead(nn.Module):
     def loss(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], gt_bboxes: list[Tensor],
              gt_labels: Optional[list[Tensor]], img_metas: list[dict],
              gt_bboxes_ignore: Optional[list[Tensor]] = None) -> dict[str, list[Tensor]]:
-        """``dict(loss_cls=[per level], loss_bbox=[per level])``."""
+        """``dict(loss_cls=[per level], loss_bbox=[per level])``; with ``reg_decoded_bbox`` the
+        predicted deltas are decoded against their anchors (unclipped) before the box loss."""
         featmap_sizes = [tuple(s.shape[-2:]) for s in cls_scores]
         device = cls_scores[0].device
         level_anchors, valid_flags = self.get_anchors(featmap_sizes, img_metas, device)
@@ -171,8 +178,11 @@ class AnchorHead(nn.Module):
                 flatten_level(cls_score, self.cls_out_channels).reshape(-1, self.cls_out_channels),
                 labels[:, start:end].reshape(-1), label_weights[:, start:end].reshape(-1),
                 avg_factor=avg_factor))
+            level_pred = flatten_level(bbox_pred, 4).reshape(-1, 4)
+            if self.reg_decoded_bbox:
+                level_pred = self.bbox_coder.decode(level.repeat(len(img_metas), 1), level_pred)
             losses_bbox.append(self.loss_bbox(
-                flatten_level(bbox_pred, 4).reshape(-1, 4), bbox_targets[:, start:end].reshape(-1, 4),
+                level_pred, bbox_targets[:, start:end].reshape(-1, 4),
                 bbox_weights[:, start:end].reshape(-1, 4), avg_factor=avg_factor))
             start = end
         return dict(loss_cls=losses_cls, loss_bbox=losses_bbox)

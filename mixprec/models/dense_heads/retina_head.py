@@ -28,7 +28,8 @@ class RetinaHead(AnchorHead):
                  anchor_generator: Optional[dict] = None, bbox_coder: Optional[dict] = None,
                  loss_cls: Optional[dict] = None, loss_bbox: Optional[dict] = None,
                  norm_cfg: Optional[dict] = None, train_cfg: Optional[dict] = None,
-                 test_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
+                 test_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None,
+                 reg_decoded_bbox: bool = False) -> None:
         if init_cfg is not None:
             raise ValueError('RetinaHead initialises itself (normal std 0.01, prior 0.01); init_cfg must be None')
         super().__init__(
@@ -40,7 +41,7 @@ class RetinaHead(AnchorHead):
                                           target_stds=[1.0, 1.0, 1.0, 1.0]),
             loss_cls=loss_cls or dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
             loss_bbox=loss_bbox or dict(type='L1Loss', loss_weight=1.0),
-            train_cfg=train_cfg, test_cfg=test_cfg)
+            train_cfg=train_cfg, test_cfg=test_cfg, reg_decoded_bbox=reg_decoded_bbox)
         if not self.use_sigmoid_cls:
             raise ValueError('RetinaHead needs a sigmoid classification loss (use_sigmoid=True)')
         self.stacked_convs = stacked_convs

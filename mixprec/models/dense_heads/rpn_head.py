@@ -26,7 +26,8 @@ class RPNHead(AnchorHead):
     def __init__(self, in_channels: int, feat_channels: int = 256, anchor_generator: Optional[dict] = None,
                  bbox_coder: Optional[dict] = None, loss_cls: Optional[dict] = None,
                  loss_bbox: Optional[dict] = None, train_cfg: Optional[dict] = None,
-                 test_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
+                 test_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None,
+                 reg_decoded_bbox: bool = False) -> None:
         if init_cfg is not None:
             raise ValueError('RPNHead initialises itself (normal std 0.01); init_cfg must be None')
         super().__init__(
@@ -37,7 +38,7 @@ class RPNHead(AnchorHead):
                                           target_stds=[1.0, 1.0, 1.0, 1.0]),
             loss_cls=loss_cls or dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
             loss_bbox=loss_bbox or dict(type='L1Loss', loss_weight=1.0),
-            train_cfg=train_cfg, test_cfg=test_cfg)
+            train_cfg=train_cfg, test_cfg=test_cfg, reg_decoded_bbox=reg_decoded_bbox)
         self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
         self.rpn_cls = nn.Conv2d(feat_channels, self.num_anchors * self.cls_out_channels, 1)
         self.rpn_reg = nn.Conv2d(feat_channels, self.num_anchors * 4, 1)

@@ -9,6 +9,11 @@ from torch import Tensor
 _EPS = torch.finfo(torch.float32).eps
 
 
+def as_fp32(x: Tensor) -> Tensor:
+    """Half / bfloat16 tensors cast up to fp32; fp32 and fp64 kept (gradcheck runs in fp64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
     if reduction == 'none':
         return loss

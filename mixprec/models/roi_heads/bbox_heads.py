@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16, force_fp32
 from mixprec.models.losses import accuracy
-from mixprec.models.task_modules.bbox_ops import multiclass_nms
+from mixprec.models.task_modules.bbox_ops import check_gt_labels, multiclass_nms
 from mixprec.registry import MODELS, TASK_UTILS
 
 
@@ -32,13 +32,17 @@ class ConvFCBBoxHead(nn.Module):
         reg_class_agnostic: one box regression for all classes.
         loss_cls: classification loss config (softmax CrossEntropyLoss).
         loss_bbox: regression loss config (L1Loss).
+        reg_decoded_bbox: regress decoded boxes against the gt boxes in absolute coordinates
+            (for the IoU-family losses) instead of deltas against encoded targets.
     """
 
     def __init__(self, num_shared_fcs: int = 2, in_channels: int = 256, roi_feat_size: int = 7,
                  fc_out_channels: int = 1024, num_classes: int = 80,
                  bbox_coder: Optional[dict] = None, reg_class_agnostic: bool = False,
-                 loss_cls: Optional[dict] = None, loss_bbox: Optional[dict] = None) -> None:
+                 loss_cls: Optional[dict] = None, loss_bbox: Optional[dict] = None,
+                 reg_decoded_bbox: bool = False) -> None:
         super().__init__()
+        self.reg_decoded_bbox = reg_decoded_bbox
         if bbox_coder is None:
             bbox_coder = dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
                               target_stds=[0.1, 0.1, 0.2, 0.2])
@@ -91,7 +95,8 @@ class ConvFCBBoxHead(nn.Module):
 
         Returns:
             labels [n] int64 (background = C), label_weights [n], bbox_targets [n, 4] (deltas of
-            each positive to its gt, for the regression of its gt class), bbox_weights [n, 4].
+            each positive to its gt, for the regression of its gt class; the gt box itself with
+            ``reg_decoded_bbox``), bbox_weights [n, 4].
         """
         pos_weight = rcnn_train_cfg.get('pos_weight', -1)
         pos_weight = 1.0 if pos_weight <= 0 else float(pos_weight)
@@ -106,40 +111,53 @@ class ConvFCBBoxHead(nn.Module):
             label_weights.append(torch.cat([torch.full((num_pos,), pos_weight, device=device),
                                             torch.ones(num_neg, device=device)]))
         labels, is_pos, label_weights = torch.cat(labels), torch.cat(is_pos), torch.cat(label_weights)
+        check_gt_labels(labels[is_pos], self.num_classes, type(self).__name__)
         pos_bboxes = torch.cat([res.pos_bboxes for res in sampling_results]).float()
         pos_gt_bboxes = torch.cat([res.pos_gt_bboxes for res in sampling_results]).float()
         bbox_targets = pos_bboxes.new_zeros((labels.size(0), 4))
         bbox_weights = pos_bboxes.new_zeros((labels.size(0), 4))
         if pos_bboxes.size(0) > 0:
-            bbox_targets[is_pos] = self.bbox_coder.encode(pos_bboxes, pos_gt_bboxes)
+            bbox_targets[is_pos] = (pos_gt_bboxes if self.reg_decoded_bbox
+                                    else self.bbox_coder.encode(pos_bboxes, pos_gt_bboxes))
             bbox_weights[is_pos] = 1.0
         return labels, label_weights, bbox_targets, bbox_weights
 
     @force_fp32(apply_to=('cls_score', 'bbox_pred'))
     def loss(self, cls_score: Tensor, bbox_pred: Tensor, labels: Tensor, label_weights: Tensor,
-             bbox_targets: Tensor, bbox_weights: Tensor) -> dict[str, Tensor]:
+             bbox_targets: Tensor, bbox_weights: Tensor, rois: Optional[Tensor] = None,
+             reduction_override: Optional[str] = None) -> dict[str, Tensor]:
         """R-CNN losses.
 
         ``loss_cls`` is averaged over the sampled RoIs (those with a positive label weight);
         ``loss_bbox`` is the loss of the positives' predictions for their gt class, summed and
         divided by the number of sampled RoIs; ``acc`` is the classification accuracy (percent).
+        With ``reg_decoded_bbox`` the deltas are decoded against the RoIs (unclipped) first.
+        ``reduction_override='none'`` gives per-RoI ``loss_cls`` [n] and per-positive
+        ``loss_bbox`` (the OHEM sampler ranks RoIs by them).
 
         Args:
             cls_score: [n, C + 1]; bbox_pred: [n, 4 * C] (or [n, 4]);
-            labels, label_weights, bbox_targets, bbox_weights: from :meth:`get_targets`.
+            labels, label_weights, bbox_targets, bbox_weights: from :meth:`get_targets`;
+            rois: [n, 5] the sampled RoIs (needed with ``reg_decoded_bbox``).
         """
         losses = dict()
         avg_factor = max(float((label_weights > 0).sum()), 1.0)
-        losses['loss_cls'] = self.loss_cls(cls_score, labels, label_weights, avg_factor=avg_factor)
+        losses['loss_cls'] = self.loss_cls(cls_score, labels, label_weights, avg_factor=avg_factor,
+                                           reduction_override=reduction_override)
         losses['acc'] = accuracy(cls_score, labels)
         pos = (labels >= 0) & (labels < self.num_classes)
         if pos.any():
+            if self.reg_decoded_bbox:
+                if rois is None:
+                    raise ValueError('ConvFCBBoxHead.loss: reg_decoded_bbox=True needs the rois')
+                bbox_pred = self.bbox_coder.decode(rois[:, 1:5], bbox_pred)
             if self.reg_class_agnostic:
                 pos_pred = bbox_pred[pos]
             else:
                 pos_pred = bbox_pred.view(bbox_pred.size(0), -1, 4)[pos, labels[pos]]
             losses['loss_bbox'] = self.loss_bbox(pos_pred, bbox_targets[pos], bbox_weights[pos],
-                                                 avg_factor=bbox_targets.size(0))
+                                                 avg_factor=bbox_targets.size(0),
+                                                 reduction_override=reduction_override)
         else:
             losses['loss_bbox'] = bbox_pred.sum() * 0
         return losses

@@ -38,7 +38,10 @@ class StandardRoIHead(nn.Module):
             self.mask_head = MODELS.build(mask_head)
         if train_cfg is not None:
             self.bbox_assigner = TASK_UTILS.build(train_cfg['assigner'])
-            self.bbox_sampler = TASK_UTILS.build(train_cfg['sampler'])
+            # loss-based samplers (OHEMSampler) rank boxes with this head, as in mmdetection v2
+            sampler_cls = TASK_UTILS.get(train_cfg['sampler'].get('type'))
+            context = dict(context=self) if getattr(sampler_cls, 'needs_context', False) else None
+            self.bbox_sampler = TASK_UTILS.build(train_cfg['sampler'], default_args=context)
 
     @property
     def with_mask(self) -> bool:
@@ -74,15 +77,18 @@ class StandardRoIHead(nn.Module):
         if gt_bboxes_ignore is None:
             gt_bboxes_ignore = [None] * len(img_metas)
         sampling_results = []
-        for proposals, boxes, ignore, labels in zip(proposal_list, gt_bboxes, gt_bboxes_ignore, gt_labels):
+        for i, (proposals, boxes, ignore, labels) in enumerate(zip(proposal_list, gt_bboxes, gt_bboxes_ignore,
+                                                                    gt_labels)):
             proposals = proposals[:, :4].detach()
             assign_result = self.bbox_assigner.assign(proposals, boxes, ignore, labels)
-            sampling_results.append(self.bbox_sampler.sample(assign_result, proposals, boxes, labels))
+            extra = dict(feats=[level[i][None] for level in x]) if getattr(self.bbox_sampler, 'needs_context',
+                                                                            False) else {}
+            sampling_results.append(self.bbox_sampler.sample(assign_result, proposals, boxes, labels, **extra))
 
         rois = bbox2roi([res.bboxes for res in sampling_results])
         cls_score, bbox_pred = self._bbox_forward(x, rois)
         targets = self.bbox_head.get_targets(sampling_results, self.train_cfg)
-        losses = self.bbox_head.loss(cls_score, bbox_pred, *targets)
+        losses = self.bbox_head.loss(cls_score, bbox_pred, *targets, rois=rois)
 
         if self.with_mask:
             pos_rois = bbox2roi([res.pos_bboxes for res in sampling_results])

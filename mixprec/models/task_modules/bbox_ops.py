@@ -15,38 +15,46 @@ from torchvision.ops import nms as tv_nms
 
 def bbox_overlaps(bboxes1: Tensor, bboxes2: Tensor, mode: str = 'iou', is_aligned: bool = False,
                   eps: float = 1e-6) -> Tensor:
-    """IoU (or IoF: intersection over the area of ``bboxes1``) between two sets of boxes.
+    """IoU, IoF (intersection over the area of ``bboxes1``) or GIoU between two sets of boxes.
 
     Args:
         bboxes1: [N, 4] (extra trailing columns such as scores are ignored).
         bboxes2: [M, 4]; with ``is_aligned`` M must equal N.
-        mode: 'iou' or 'iof'.
+        mode: 'iou', 'iof' or 'giou' (IoU minus the share of the enclosing box outside the union).
         is_aligned: compare row i with row i only.
-        eps: added to the union (or area) to avoid division by zero.
+        eps: lower bound of the union (or area) and of the enclosing area, against division by 0.
 
     Returns:
         [N, M] overlaps, or [N] when ``is_aligned``.
     """
-    if mode not in ('iou', 'iof'):
-        raise ValueError(f"bbox_overlaps: mode must be 'iou' or 'iof', got {mode!r}")
+    if mode not in ('iou', 'iof', 'giou'):
+        raise ValueError(f"bbox_overlaps: mode must be 'iou', 'iof' or 'giou', got {mode!r}")
     bboxes1 = bboxes1[..., :4]
     bboxes2 = bboxes2[..., :4]
+    if not is_aligned:
+        bboxes1 = bboxes1[..., :, None, :]
+        bboxes2 = bboxes2[..., None, :, :]
     area1 = (bboxes1[..., 2] - bboxes1[..., 0]) * (bboxes1[..., 3] - bboxes1[..., 1])
     area2 = (bboxes2[..., 2] - bboxes2[..., 0]) * (bboxes2[..., 3] - bboxes2[..., 1])
-    if is_aligned:
-        lt = torch.max(bboxes1[..., :2], bboxes2[..., :2])
-        rb = torch.min(bboxes1[..., 2:], bboxes2[..., 2:])
-        wh = (rb - lt).clamp(min=0)
-        overlap = wh[..., 0] * wh[..., 1]
-        union = area1 + area2 - overlap if mode == 'iou' else area1
-    else:
-        lt = torch.max(bboxes1[..., :, None, :2], bboxes2[..., None, :, :2])
-        rb = torch.min(bboxes1[..., :, None, 2:], bboxes2[..., None, :, 2:])
-        wh = (rb - lt).clamp(min=0)
-        overlap = wh[..., 0] * wh[..., 1]
-        union = area1[..., :, None] + area2[..., None, :] - overlap if mode == 'iou' else area1[..., :, None]
+    wh = (torch.min(bboxes1[..., 2:], bboxes2[..., 2:]) - torch.max(bboxes1[..., :2], bboxes2[..., :2])).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - overlap if mode != 'iof' else area1.expand_as(overlap)
     union = union.clamp(min=eps)
-    return overlap / union
+    ious = overlap / union
+    if mode != 'giou':
+        return ious
+    enclose_wh = (torch.max(bboxes1[..., 2:], bboxes2[..., 2:])
+                  - torch.min(bboxes1[..., :2], bboxes2[..., :2])).clamp(min=0)
+    enclose_area = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
+    return ious - (enclose_area - union) / enclose_area
+
+
+def check_gt_labels(labels: Tensor, num_classes: int, head: str) -> None:
+    """Raise when a gt label is outside 0..num_classes-1: the dataset's classes and the head's
+    ``num_classes`` disagree (mmdetection v2 would silently train such labels as background)."""
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise ValueError(f'{head}: gt label {int(labels.max())} but num_classes={num_classes}; the dataset\'s '
+                         f'classes (data.train.classes) and the model\'s num_classes must agree')
 
 
 def bbox2roi(bbox_list: Sequence[Tensor]) -> Tensor:
@@ -82,46 +90,120 @@ def bbox2result(bboxes: Tensor, labels: Tensor, num_classes: int) -> list[np.nda
     return [bboxes_np[labels_np == c, :] for c in range(num_classes)]
 
 
-def _nms_args(nms_cfg: dict) -> tuple[float, int]:
+SOFT_NMS_METHODS = ('naive', 'linear', 'gaussian')
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: float = 0.5,
+             min_score: float = 1e-3, method: str = 'linear', offset: int = 0) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al., 2017) with mmcv 1.x's semantics.
+
+    Repeatedly the highest-scoring remaining box is selected and every other remaining box's score
+    is multiplied by a weight of its IoU with it: 'naive' 0 where IoU >= ``iou_threshold``, 'linear'
+    1 - IoU there, 'gaussian' exp(-IoU^2 / ``sigma``) everywhere; a box whose score falls below
+    ``min_score`` is dropped. The remaining boxes keep mmcv's kernel order (a dropped box is replaced
+    by the last one), so ties break as there. Widths are ``x2 - x1 + offset``.
+
+    Args:
+        boxes: [n, 4]; scores: [n].
+
+    Returns:
+        dets [k, 5] (selected boxes with their decayed scores, in selection order, so scores are
+        non-increasing) and inds [k] into the inputs.
+    """
+    if method not in SOFT_NMS_METHODS:
+        raise ValueError(f'soft_nms: method must be one of {SOFT_NMS_METHODS}, got {method!r}')
+    device = boxes.device
+    boxes = boxes[:, :4].float().cpu()  # a sequential loop: on the CPU, as mmcv runs it
+    rem = torch.arange(boxes.size(0))
+    rem_scores = scores.float().cpu().clone()
+    areas = (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1] + offset)
+    sel_inds, sel_scores = [], []
+    while rem.numel() > 0:
+        top = int(torch.argmax(rem_scores))  # first maximum, as the kernel's strict '<' scan
+        best, best_score = rem[top], rem_scores[top]
+        sel_inds.append(best)
+        sel_scores.append(best_score)
+        # the kernel swaps the best box into the first slot; the rest keep their slots
+        rem, rem_scores = rem.clone(), rem_scores.clone()
+        rem[top], rem_scores[top] = rem[0], rem_scores[0]
+        rem, rem_scores = rem[1:], rem_scores[1:]
+        if rem.numel() == 0:
+            break
+        wh = (torch.min(boxes[best, 2:], boxes[rem, 2:]) - torch.max(boxes[best, :2], boxes[rem, :2]) + offset)
+        inter = wh.clamp(min=0).prod(dim=1)
+        ious = inter / (areas[best] + areas[rem] - inter)
+        if method == 'gaussian':
+            weight = torch.exp(-ious * ious / sigma)
+        else:
+            decay = torch.zeros_like(ious) if method == 'naive' else 1 - ious
+            weight = torch.where(ious >= iou_threshold, decay, torch.ones_like(ious))
+        rem_scores = rem_scores * weight
+        keep = rem_scores >= min_score
+        # the kernel fills each dropped slot, left to right, with the last surviving box
+        num_keep = int(keep.sum())
+        holes = torch.nonzero(~keep[:num_keep]).squeeze(1)
+        fillers = torch.nonzero(keep[num_keep:]).squeeze(1).flip(0) + num_keep
+        order = torch.arange(num_keep, device=rem.device)
+        order[holes] = fillers
+        rem, rem_scores = rem[order], rem_scores[order]
+    if not sel_inds:
+        return boxes.new_zeros((0, 5)).to(device), rem.new_zeros(0).to(device)
+    inds = torch.stack(sel_inds)
+    return torch.cat([boxes[inds], torch.stack(sel_scores)[:, None]], dim=1).to(device), inds.to(device)
+
+
+_NMS_KEYS = {'nms': {'iou_threshold', 'max_num', 'split_thr'},
+             'soft_nms': {'iou_threshold', 'sigma', 'min_score', 'method', 'offset', 'max_num', 'split_thr'}}
+
+
+def _nms_args(nms_cfg: dict) -> tuple[str, dict, int]:
+    """(type, keyword arguments of the op, max_num) of an mmcv nms config."""
     cfg = dict(nms_cfg)
     nms_type = cfg.pop('type', 'nms')
-    if nms_type != 'nms':
-        raise ValueError(f"nms type {nms_type!r} is not supported; use type='nms'")
-    if 'iou_threshold' not in cfg:
+    if nms_type not in _NMS_KEYS:
+        raise ValueError(f"nms type {nms_type!r} is not supported; use type='nms' or 'soft_nms'")
+    unknown = sorted(set(cfg) - _NMS_KEYS[nms_type])
+    if unknown:
+        raise ValueError(f'{nms_type} config has unknown keys {unknown}; it takes {sorted(_NMS_KEYS[nms_type])}')
+    if nms_type == 'nms' and 'iou_threshold' not in cfg:
         raise ValueError(f'nms config needs iou_threshold, got {nms_cfg!r}')
-    iou_threshold = float(cfg.pop('iou_threshold'))
     max_num = int(cfg.pop('max_num', -1))
     cfg.pop('split_thr', None)
-    if cfg:
-        raise ValueError(f'nms config has unknown keys {sorted(cfg)}; it takes type, iou_threshold, max_num')
-    return iou_threshold, max_num
+    return nms_type, cfg, max_num
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, nms_cfg: dict,
                 class_agnostic: bool = False) -> tuple[Tensor, Tensor]:
-    """NMS applied independently within each value of ``idxs`` (class or level id).
+    """NMS (or soft-NMS) applied independently within each value of ``idxs`` (class or level id).
 
     Args:
         boxes: [n, 4]; scores: [n]; idxs: [n] integer group ids.
-        nms_cfg: ``dict(type='nms', iou_threshold=float, max_num=-1)``.
+        nms_cfg: ``dict(type='nms', iou_threshold=float, max_num=-1)`` or ``dict(type='soft_nms',
+            iou_threshold=0.3, sigma=0.5, min_score=1e-3, method='linear')`` (see :func:`soft_nms`).
         class_agnostic: ignore ``idxs`` and run one NMS over everything.
 
     Returns:
-        dets: [k, 5] kept boxes with their scores, sorted by decreasing score;
-        keep: [k] indices into the inputs.
+        dets: [k, 5] kept boxes with their scores (decayed by soft-NMS), sorted by decreasing
+        score; keep: [k] indices into the inputs.
     """
-    iou_threshold, max_num = _nms_args(nms_cfg)
+    nms_type, kwargs, max_num = _nms_args(nms_cfg)
     boxes_f = boxes[:, :4].float()
     scores_f = scores.float()
     if boxes_f.numel() == 0:
         keep = torch.zeros(0, dtype=torch.long, device=boxes.device)
-    elif class_agnostic:
-        keep = tv_nms(boxes_f, scores_f, iou_threshold)
+        dets = boxes_f.new_zeros((0, 5))
+    elif nms_type == 'soft_nms':
+        # groups never overlap once shifted apart, so one pass treats them independently (mmcv)
+        shifted = boxes_f if class_agnostic else boxes_f + (idxs.to(boxes_f) * (boxes_f.max() + 1))[:, None]
+        dets, keep = soft_nms(shifted, scores_f, **kwargs)
+        dets = torch.cat([boxes_f[keep], dets[:, 4:]], dim=1)
     else:
-        keep = tv_batched_nms(boxes_f, scores_f, idxs, iou_threshold)
+        iou_threshold = float(kwargs['iou_threshold'])
+        keep = tv_nms(boxes_f, scores_f, iou_threshold) if class_agnostic else \
+            tv_batched_nms(boxes_f, scores_f, idxs, iou_threshold)
+        dets = torch.cat([boxes_f[keep], scores_f[keep, None]], dim=-1)
     if max_num > 0:
-        keep = keep[:max_num]
-    dets = torch.cat([boxes_f[keep], scores_f[keep, None]], dim=-1)
+        keep, dets = keep[:max_num], dets[:max_num]
     return dets, keep
 
 
@@ -134,7 +216,7 @@ def multiclass_nms(multi_bboxes: Tensor, multi_scores: Tensor, score_thr: float,
         multi_bboxes: [n, 4] class-agnostic or [n, C * 4] class-specific boxes.
         multi_scores: [n, C + 1]; the last column (background) is ignored.
         score_thr: pairs with score <= score_thr are dropped.
-        nms_cfg: ``dict(type='nms', iou_threshold=...)``.
+        nms_cfg: ``dict(type='nms', iou_threshold=...)`` or a soft-NMS config (decayed scores).
         max_num: keep at most this many detections (-1: all).
         score_factors: [n] multiplied into the scores before thresholding.
         return_inds: also return the kept indices into the flattened [n * C] pairs.

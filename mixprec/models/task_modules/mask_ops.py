@@ -20,12 +20,15 @@ def mask_target_single(pos_proposals: Tensor, pos_assigned_gt_inds: Tensor,
 
     The gt bitmap of the object each RoI is assigned to is resampled inside the RoI with
     ``roi_align(aligned=True, sampling_ratio=0)`` (the RoI index column is the gt index, so the
-    bitmaps are not copied per RoI) and binarised at 0.5.
+    bitmaps are not copied per RoI) and binarised at 0.5. Polygon masks (an object with
+    ``crop_and_resize``, mixprec.data.PolygonMasks) are moved into each RoI and rasterised at the
+    target size instead, as mmdetection v2 does.
 
     Args:
         pos_proposals: [n, 4] positive RoIs (x1, y1, x2, y2) in the resized image.
         pos_assigned_gt_inds: [n] int64, index of each RoI's gt object.
-        gt_masks: [G, H, W] uint8 bitmaps of the image's gt objects (at its pad shape).
+        gt_masks: [G, H, W] uint8 bitmaps of the image's gt objects (at its pad shape), or their
+            polygons.
         mask_size: side of the square targets.
 
     Returns:
@@ -35,6 +38,10 @@ def mask_target_single(pos_proposals: Tensor, pos_assigned_gt_inds: Tensor,
     device = pos_proposals.device
     if num_pos == 0:
         return pos_proposals.new_zeros((0, mask_size, mask_size), dtype=torch.float32)
+    if hasattr(gt_masks, 'crop_and_resize'):
+        targets = gt_masks.crop_and_resize(pos_proposals.detach().float().cpu().numpy(), mask_size,
+                                           pos_assigned_gt_inds.cpu().numpy())
+        return torch.from_numpy(targets).to(device=device, dtype=torch.float32)
     masks = torch.as_tensor(gt_masks, device=device)
     rois = torch.cat([pos_assigned_gt_inds.to(device=device, dtype=torch.float32)[:, None],
                       pos_proposals.float()], dim=1)
