@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Iterable, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -85,18 +85,27 @@ def _outer_polygons(segm, h: int, w: int) -> list:
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
+def _categories(path: str) -> set:
+    with open(path) as f:
+        return {a['category_id'] for a in json.load(f)['annotations'] if not a['iscrowd']}
+
+
 def make_coco_data(work: str, num_train: int = 1, num_val: int = 1, img_size: int = 64, seed: int = 0) -> str:
     """``work/data/coco/{train2017,val2017}/*.png`` and ``annotations/instances_{train,val}2017.json``.
 
     The shapes generator's images, with COCO's 80 categories (ids with gaps) and non-crowd masks as
-    polygons, as in COCO. Returns the ``data/coco`` folder.
+    polygons, as in COCO; each split has persons, bicycles and cars. Returns the ``data/coco`` folder.
     """
     from mixprec.data.coco import COCO_CLASSES
     from mixprec.data.shapes import make_shapes_dataset
     root = osp.join(work, 'data', 'coco')
     shapes = osp.join(work, 'data', 'shapes_src')
-    paths = make_shapes_dataset(shapes, num_train=num_train, num_val=num_val, img_size=img_size, seed=seed,
-                                min_shapes=3, max_shapes=5)
+    while True:  # the first seed from ``seed`` whose every split shows all three shapes (class subsets)
+        paths = make_shapes_dataset(shapes, num_train=num_train, num_val=num_val, img_size=img_size, seed=seed,
+                                    min_shapes=3, max_shapes=5)
+        if all(_categories(path) == set(SHAPE_TO_COCO) for path in paths.values()):
+            break
+        seed += 1
     categories = [{'id': i, 'name': n, 'supercategory': 'coco'} for i, n in zip(COCO_IDS, COCO_CLASSES)]
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
     for split, path in paths.items():
@@ -314,17 +323,18 @@ class Zoo:
                     make_fake_file(pretrained, kind, cfg, self.configs)
         return cfg
 
-    def run(self, name: str, torch_home: Optional[str] = None, extra: Iterable[str] = ()) -> str:
-        """Train ``name`` once; ``torch_home`` replaces the fake cache (an empty one: the missing-file error)."""
+    def argv(self, name: str, cfg, work_dir: str) -> list[str]:
+        """tools/train.py's arguments for one short run of ``name`` (run from ``self.work``)."""
+        return [osp.join('configs', name), '--work-dir', work_dir, '--seed', '0',
+                '--cfg-options', *shrink_options(cfg, self.factor)]
+
+    def run(self, name: str) -> str:
+        """Train ``name`` once with the fake cache: ``'OK'`` or the one-line reason it did not train."""
         work_dir = osp.join(self.work, 'work_dirs', name.replace('/', '__')[:-3])
         try:
-            cfg = self.prepare(name) if torch_home is None else None
-            from mixprec.config import load_config
-            cfg = cfg or load_config(osp.join(self.configs, name))
-            argv = [osp.join('configs', name), '--work-dir', work_dir, '--seed', '0',
-                    '--cfg-options', *shrink_options(cfg, self.factor), *extra]
-            with _in_folder(self.work), self._torch_home(torch_home or self.torch_home):
-                self.train.main(argv)
+            cfg = self.prepare(name)
+            with _in_folder(self.work), self._torch_home(self.torch_home):
+                self.train.main(self.argv(name, cfg, work_dir))
         except Exception as exc:  # noqa: BLE001 - every failure becomes one reported line
             if os.environ.get('MIXPREC_DEBUG') == '1':
                 traceback.print_exc()
