@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import os.path as osp
+import re
 import shutil
 import sys
 import tempfile
@@ -268,15 +269,22 @@ def one_line(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {lines[0] if lines else ""} (no one-line error: a crash)'
 
 
+_LOSS = re.compile(r'(?:Epoch \[\d+\]\[\d+/\d+\]|Iter \[\d+/\d+\]).*?\bloss: (\S+?)(?:,|$)', re.M)
+
+
 def trained(work_dir: str) -> Optional[str]:
-    """None when ``work_dir`` holds a checkpoint and a log.json with a finite training loss, else why not."""
-    if not any(n.endswith('.pth') for n in os.listdir(work_dir)):
+    """None when ``work_dir`` holds a checkpoint and a text log with a finite training loss, else why
+    not; the checkpoints are removed (hundreds of MB each)."""
+    checkpoints = [n for n in os.listdir(work_dir) if n.endswith('.pth')]
+    for name in checkpoints:
+        os.remove(osp.join(work_dir, name))
+    if not checkpoints:
         return 'no checkpoint written'
     losses = []
     for name in os.listdir(work_dir):
-        if name.endswith('.log.json'):
+        if name.endswith('.log'):
             with open(osp.join(work_dir, name)) as f:
-                losses += [r['loss'] for r in map(json.loads, f) if r.get('mode') == 'train' and 'loss' in r]
+                losses += [float(v) for v in _LOSS.findall(f.read())]
     if not losses:
         return 'no training loss logged'
     if not all(math.isfinite(v) for v in losses):
