@@ -128,3 +128,19 @@ def test_missing_cache_is_one_line_naming_the_path(zoo, name, pretrained, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert err[0].startswith('error: ') and expected in err[0], err
+
+
+def test_trained_needs_a_checkpoint_and_a_finite_logged_loss(tmp_path):
+    trained = check_tool().trained
+    line = ('2026-01-01 00:00:00,000 - mixprec - INFO - Iter [1/1]\tlr: 1.000e-05, memory: 1, '
+            'loss_cls: 1.1305, loss: {}\n')
+    (tmp_path / 'a.log').write_text(line.format('3.1359'))
+    assert trained(str(tmp_path)) == 'no checkpoint written'
+    (tmp_path / 'iter_1.pth').write_bytes(b'x')
+    assert trained(str(tmp_path)) is None and not (tmp_path / 'iter_1.pth').exists()
+    (tmp_path / 'a.log').write_text(line.format('nan'))
+    (tmp_path / 'iter_1.pth').write_bytes(b'x')
+    assert trained(str(tmp_path)).startswith('non-finite training loss')
+    (tmp_path / 'a.log').write_text('Epoch(val) [1][1]\tbbox_mAP: 0.0000\n')
+    (tmp_path / 'iter_1.pth').write_bytes(b'x')
+    assert trained(str(tmp_path)) == 'no training loss logged'
