@@ -57,7 +57,10 @@ def zoo(zoo_sources, tmp_path_factory):
 def _names():
     if os.environ.get('MIXPREC_ZOO_ALL') != '1':
         return REPRESENTATIVE
-    configs, fp16 = mmdet_configs()
+    try:
+        configs, fp16 = mmdet_configs()
+    except pytest.skip.Exception:  # offline: the fixture skips each test with the reason
+        return REPRESENTATIVE
     return check_tool().list_configs(configs, fp16)
 
 
