@@ -11,6 +11,7 @@ from helpers.toy import EpochShuffleSampler, ToyModel, toy_loader
 from mixprec.checkpoint import load_file
 from mixprec.config import Config, check_train_config
 from mixprec.engine import Hook, Runner
+from mixprec.engine.hooks.logger import TextLoggerHook as TextLoggerHook
 from mixprec.registry import ConfigError
 
 SAMPLER_SEED = [dict(type='DistSamplerSeedHook')]
@@ -92,3 +93,20 @@ def test_runner_types_of_mmcv_accepted_others_refused_in_one_line(runner, messag
     with pytest.raises(ConfigError) as info:
         check_train_config(_cfg(runner), 'c.py')
     assert message in str(info.value) and str(info.value).startswith('c.py: ') and '\n' not in str(info.value)
+
+
+class FakeEval(Hook):
+    """Hands metrics to the loggers after each iteration, as EvalHook(by_epoch=False) does."""
+    priority = 70
+
+    def after_train_iter(self, runner):
+        runner.log_val({'bbox_mAP': 0.5})
+
+
+def test_iteration_based_val_line_reads_iter_val_as_mmcv(tmp_path, caplog):
+    runner = iter_runner(tmp_path, max_iters=2)
+    runner.register_hook(TextLoggerHook(by_epoch=False))
+    runner.register_hook(FakeEval())
+    with caplog.at_level(logging.INFO, logger='mixprec.test'):
+        runner.run(toy_loader())
+    assert 'Iter(val) [2]\tbbox_mAP: 0.5000' in caplog.text and 'Epoch(val)' not in caplog.text
