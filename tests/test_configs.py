@@ -45,6 +45,7 @@ def test_config_builds(path):
         assert cfg.fp16.loss_scale in (512.0, 'dynamic')
         twin = load_config(fp32_twin(path))
         assert cfg.model == twin.model and cfg.optimizer == twin.optimizer and 'fp16' not in twin
+        return  # the same model as its twin's, which that twin's test builds
     cfg.model.backbone.init_cfg = None  # no ImageNet weights on this machine
     torch.manual_seed(0)
     assert build_detector(cfg.model).training
