@@ -147,3 +147,8 @@ def test_trained_needs_a_checkpoint_and_a_finite_logged_loss(tmp_path):
     (tmp_path / 'a.log').write_text('Epoch(val) [1][1]\tbbox_mAP: 0.0000\n')
     (tmp_path / 'iter_1.pth').write_bytes(b'x')
     assert trained(str(tmp_path)) == 'no training loss logged'
+
+
+def test_check_tool_refuses_a_folder_that_is_not_mmdet_configs(tmp_path, capsys):
+    assert check_tool().main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f'error: {tmp_path} is not an mmdetection configs/ folder (no _base_/)'

@@ -364,6 +364,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    missing = [f for f in ('_base_',) + FAMILIES if not osp.isdir(osp.join(args.configs_dir, f))]
+    if missing or (args.fp16_dir and not osp.isdir(args.fp16_dir)):
+        print(f'error: {args.configs_dir} is not an mmdetection configs/ folder (no {missing[0]}/)' if missing
+              else f'error: --fp16-dir {args.fp16_dir} is not a folder', file=sys.stderr)
+        return 2
+    os.environ.setdefault('TQDM_DISABLE', '1')  # one line per config
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     work = args.work or tempfile.mkdtemp(prefix='mmdet_zoo_')
     from mixprec.engine import get_logger
@@ -375,6 +381,9 @@ def main(argv=None) -> int:
         if args.only:
             names = [n for n in names if n in args.only or osp.basename(n) in args.only
                      or osp.basename(n)[:-3] in args.only]
+            if not names:
+                print(f'error: none of {args.only} is among the {len(zoo.names)} configs', file=sys.stderr)
+                return 2
         failed = 0
         for name in names:
             start = time.time()
