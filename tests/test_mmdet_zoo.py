@@ -152,3 +152,50 @@ def test_trained_needs_a_checkpoint_and_a_finite_logged_loss(tmp_path):
 def test_check_tool_refuses_a_folder_that_is_not_mmdet_configs(tmp_path, capsys):
     assert check_tool().main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f'error: {tmp_path} is not an mmdetection configs/ folder (no _base_/)'
+
+
+OUR_NAMESAKES = [
+    'faster_rcnn/faster_rcnn_r50_caffe_fpn_1x_coco.py',
+    'faster_rcnn/faster_rcnn_r50_caffe_c4_1x_coco.py',
+    'faster_rcnn/faster_rcnn_r50_caffe_dc5_1x_coco.py',
+    'faster_rcnn/faster_rcnn_x101_32x4d_fpn_1x_coco.py',
+    'mask_rcnn/mask_rcnn_x101_32x4d_fpn_1x_coco.py',
+    'retinanet/retinanet_x101_32x4d_fpn_1x_coco.py',
+    'faster_rcnn/faster_rcnn_r50_fpn_giou_1x_coco.py',
+    'faster_rcnn/faster_rcnn_r50_fpn_ohem_1x_coco.py',
+    'faster_rcnn/faster_rcnn_r50_fpn_mstrain_3x_coco.py',
+]
+
+
+def _training_sections(path):
+    from mixprec.config import load_config
+    cfg = load_config(path)
+    model = cfg.model.to_dict()
+    if model.get('neck', 'absent') is None:  # ours says neck=None where upstream leaves it out
+        del model['neck']
+    return dict(model=model, train=cfg.data.train.to_dict(), val=cfg.data.val.to_dict(),
+                optimizer=cfg.optimizer, lr_config=cfg.lr_config, runner=cfg.runner)
+
+
+@pytest.mark.parametrize('name', OUR_NAMESAKES)
+def test_our_variant_config_trains_as_the_upstream_namesake(zoo_sources, name):
+    """Our configs/ (written here) resolve to the same model, data and schedule as mmdet 2.28.2's."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = _training_sections(os.path.join(root, 'configs', name))
+    upstream = _training_sections(os.path.join(zoo_sources[0], name))
+    for key in ours:
+        assert ours[key] == upstream[key], key
+
+
+def test_our_90k_and_person_configs_match_upstream_schedule_and_subset(zoo_sources):
+    from mixprec.config import load_config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = load_config(os.path.join(root, 'configs/faster_rcnn/faster_rcnn_r50_fpn_90k_coco.py'))
+    upstream = load_config(os.path.join(zoo_sources[0], 'faster_rcnn/faster_rcnn_r50_caffe_fpn_90k_coco.py'))
+    for key in ('runner', 'lr_config', 'checkpoint_config', 'evaluation'):
+        assert ours[key] == upstream[key], key
+    ours = load_config(os.path.join(root, 'configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco-person.py'))
+    upstream = load_config(os.path.join(zoo_sources[0], 'faster_rcnn/faster_rcnn_r50_caffe_fpn_mstrain_1x_coco-person.py'))
+    assert ours.model.roi_head.bbox_head.num_classes == upstream.model.roi_head.bbox_head.num_classes == 1
+    for split in ('train', 'val', 'test'):
+        assert ours.data[split].classes == upstream.data[split].classes == ('person', )

@@ -25,7 +25,9 @@ model = dict(
             dilation=1,
             style='caffe',
             norm_cfg=norm_cfg,
-            norm_eval=True),
+            norm_eval=True,
+            # res5 of the same ImageNet file (its keys are layer4.*)
+            init_cfg=dict(type='Pretrained', checkpoint='open-mmlab://detectron2/resnet50_caffe')),
         bbox_roi_extractor=dict(
             roi_layer=dict(output_size=14),
             out_channels=1024,

@@ -22,6 +22,7 @@ model = dict(
             featmap_strides=[16]),
         bbox_head=dict(in_channels=2048)),
     train_cfg=dict(
+        rpn=dict(allowed_border=0),  # RPN trains only on anchors inside the image
         rpn_proposal=dict(nms_pre=12000, max_per_img=2000)),
     test_cfg=dict(
         rpn=dict(nms_pre=6000, max_per_img=1000)))
