@@ -186,8 +186,10 @@ def make_fake_file(name: str, kind: str, cfg, configs: str) -> str:
         return path
     torch.manual_seed(0)
     if kind == 'backbone':
-        backbone_cfg = dict(cfg.model.backbone, init_cfg=None)
-        backbone_cfg.pop('pretrained', None)
+        # the ImageNet file holds the whole network: all four stages (a C4 head reads res5 from it)
+        backbone_cfg = {k: v for k, v in cfg.model.backbone.items()
+                        if k not in ('pretrained', 'num_stages', 'strides', 'dilations', 'out_indices')}
+        backbone_cfg['init_cfg'] = None
         state = _state_dict_without_counters(build_backbone(backbone_cfg))
     else:
         source = _source_config(osp.basename(path), configs)
