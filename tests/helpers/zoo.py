@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -59,7 +60,7 @@ def _unpack_configs(wheel: str, dest: str) -> str:
         try:
             os.rename(tmp, dest)
         except OSError:  # another process unpacked it first
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
     return configs
 
 
