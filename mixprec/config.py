@@ -74,6 +74,7 @@ def check_train_config(cfg: Config, path: str) -> None:
             _check_number(optimizer[key], f'optimizer.{key}', path, minimum=0)
     if ('max_epochs' in runner) == ('max_iters' in runner):
         raise ConfigError(f'{path}: runner needs exactly one of max_epochs and max_iters, got {dict(runner)}')
+    _check_runner_type(runner, path)
     for key in ('max_epochs', 'max_iters'):
         if key in runner:
             _check_number(runner[key], f'runner.{key}', path, int, 1)
@@ -82,6 +83,24 @@ def check_train_config(cfg: Config, path: str) -> None:
     loss_scale = (cfg.get('fp16') or {}).get('loss_scale', 'dynamic')
     if not (isinstance(loss_scale, (dict, Number)) or loss_scale == 'dynamic') or isinstance(loss_scale, bool):
         raise ConfigError(f"{path}: fp16.loss_scale must be a number, 'dynamic' or a dict, got {loss_scale!r}")
+
+
+RUNNER_LENGTH_KEYS = {'EpochBasedRunner': 'max_epochs', 'IterBasedRunner': 'max_iters'}
+
+
+def _check_runner_type(runner: dict, path: str) -> None:
+    """mmcv 1.x's two runners: EpochBasedRunner counts ``max_epochs``, IterBasedRunner ``max_iters``."""
+    unknown = sorted(set(runner) - {'type', 'max_epochs', 'max_iters'})
+    if unknown:
+        raise ConfigError(f'{path}: runner.{unknown[0]} is not a runner option (type, max_epochs, max_iters)')
+    kind = runner.get('type')
+    if kind is None:
+        return
+    if kind not in RUNNER_LENGTH_KEYS:
+        raise ConfigError(f'{path}: runner.type={kind!r} is not supported; use EpochBasedRunner (max_epochs) '
+                          f'or IterBasedRunner (max_iters)')
+    if RUNNER_LENGTH_KEYS[kind] not in runner:
+        raise ConfigError(f'{path}: runner.type={kind!r} needs runner.{RUNNER_LENGTH_KEYS[kind]}, got {dict(runner)}')
 
 
 def config_name(path: str) -> str:

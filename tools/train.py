@@ -83,8 +83,9 @@ def main(argv=None) -> None:
     with config_section(args.config, 'data.train'):
         dataset = build_dataset(cfg.data.train)
     model.CLASSES = dataset.CLASSES
-    logger.info('Config:\n%s', cfg.pretty_text)
-    meta = dict(env_info=env_info(), config=cfg.pretty_text, seed=seed, exp_name=osp.basename(args.config),
+    config_text = cfg.pretty_text  # formatted by yapf: seconds for a large config, so once
+    logger.info('Config:\n%s', config_text)
+    meta = dict(env_info=env_info(), config=config_text, seed=seed, exp_name=osp.basename(args.config),
                 CLASSES=list(dataset.CLASSES))
     train_detector(model, dataset, cfg, distributed=distributed, validate=not args.no_validate,
                    timestamp=timestamp, meta=meta, config_dump=osp.join(cfg.work_dir, osp.basename(args.config)))

@@ -199,7 +199,16 @@ class Runner:
                                 checkpoint_config: Optional[dict], log_config: Optional[dict],
                                 custom_hooks_config: Optional[list] = None,
                                 momentum_config: Optional[dict] = None) -> None:
-        """The standard set, as mmcv 1.x: lr, momentum, optimizer, checkpoint, timer, loggers, custom hooks."""
+        """The standard set, as mmcv 1.x: lr, momentum, optimizer, checkpoint, timer, loggers, custom hooks.
+
+        As mmcv's IterBasedRunner, an iteration-based run makes ``by_epoch=False`` the default of the
+        lr, momentum, checkpoint and logger hooks (``lr_config.step`` and ``checkpoint_config.interval``
+        count iterations); an epoch-based run keeps each hook's own default (True).
+        """
+        if not self.by_epoch:
+            lr_config = None if lr_config is None else {'by_epoch': False, **lr_config}
+            momentum_config = None if momentum_config is None else {'by_epoch': False, **momentum_config}
+            checkpoint_config = None if checkpoint_config is None else {'by_epoch': False, **checkpoint_config}
         if lr_config is not None:
             self.register_hook(build_lr_hook(lr_config))
         if momentum_config is not None:

@@ -64,7 +64,10 @@ class TextLoggerHook(LoggerHook):
     def write(self, runner, record: OrderedDict) -> None:
         if record['mode'] == 'val':
             items = ', '.join(f'{k}: {_fmt(v)}' for k, v in record.items() if k not in ('mode', 'epoch', 'iter', 'lr'))
-            runner.logger.info('Epoch(val) [%d][%d]\t%s', record['epoch'], record['iter'], items)
+            if self.by_epoch:
+                runner.logger.info('Epoch(val) [%d][%d]\t%s', record['epoch'], record['iter'], items)
+            else:
+                runner.logger.info('Iter(val) [%d]\t%s', record['iter'], items)
             return
         if self.by_epoch:
             head = f'Epoch [{record["epoch"]}][{record["iter"]}/{len(runner.data_loader)}]\t'

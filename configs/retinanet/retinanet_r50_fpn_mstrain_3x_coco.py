@@ -1,0 +1,3 @@
+# RetinaNet R-50 FPN on the 3x multi-scale schedule (shorter side 640..800, train set repeated 3x).
+_base_ = ['../_base_/models/retinanet_r50_fpn.py', '../common/mstrain_3x_coco.py']
+optimizer = dict(lr=0.01)
