@@ -7,10 +7,13 @@ session's base temporary directory) so several test modules share one model.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from typing import NamedTuple
+
+import numpy as np
 
 from .tiny import ROOT
 
@@ -95,5 +98,42 @@ def train_shapes_model(folder: str, timeout: float = 600, **kwargs) -> Trained:
 
 
 def trained_model(tmp_path_factory) -> Trained:
-    """The session's trained model (trained on first use)."""
-    return train_shapes_model(os.path.join(str(tmp_path_factory.getbasetemp()), 'trained_shapes'))
+    """The session's trained model (trained on first use; ``MIXPREC_TEST_TRAINED=DIR`` keeps it in DIR across
+    sessions, for working on these tests)."""
+    folder = os.environ.get('MIXPREC_TEST_TRAINED') or os.path.join(str(tmp_path_factory.getbasetemp()), 'trained_shapes')
+    return train_shapes_model(folder)
+
+
+def gt_instances(trained: Trained) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Per training image: (path, boxes [n, 4] x1 y1 x2 y2, labels [n] 0..C-1), crowd regions left out."""
+    with open(os.path.join(trained.folder, 'shapes', 'annotations', 'instances_train.json')) as f:
+        coco = json.load(f)
+    label_of = {c['id']: i for i, c in enumerate(sorted(coco['categories'], key=lambda c: c['id']))}
+    out = []
+    for image in coco['images']:
+        anns = [a for a in coco['annotations'] if a['image_id'] == image['id'] and not a['iscrowd']]
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a['bbox'] for a in anns)], dtype=np.float32)
+        labels = np.array([label_of[a['category_id']] for a in anns], dtype=np.int64)
+        out.append((os.path.join(trained.folder, 'shapes', 'train', image['file_name']), boxes.reshape(-1, 4), labels))
+    return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [len(a), len(b)] of x1 y1 x2 y2 boxes (computed here, independent of the package)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None] - inter)
+
+
+def found_fraction(results: list, gts: list, score_thr: float = 0.3, iou_thr: float = 0.5) -> float:
+    """Share of ground-truth shapes with a same-class detection above ``score_thr`` at IoU > ``iou_thr``."""
+    found = total = 0
+    for result, (_, boxes, labels) in zip(results, gts):
+        for box, label in zip(boxes, labels):
+            dets = result[label][result[label][:, 4] > score_thr]
+            total += 1
+            found += bool(len(dets)) and float(box_iou(box[None], dets[:, :4]).max()) > iou_thr
+    return found / max(total, 1)
