@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from helpers.tiny import ROOT
-from helpers.trained import box_iou, gt_instances, trained_model
+from helpers.trained import gt_instances, model, reference, trained  # noqa: F401 (fixtures)
 from mixprec.apis import inference_detector, init_detector
 from mixprec.apis.fuse import fuse_conv_bn
 from mixprec.checkpoint import CheckpointError
@@ -45,26 +45,6 @@ EVAL_METRIC = load_tool('tools/analysis_tools/eval_metric.py')
 def printed_metrics(text: str) -> dict:
     import ast
     return ast.literal_eval([line for line in text.splitlines() if line.startswith("{'bbox_mAP'")][-1])
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    return trained_model(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
-def model(trained):
-    return init_detector(trained.config, trained.checkpoint, device='cpu')
-
-
-@pytest.fixture(scope='module')
-def reference(model, trained):
-    """Per test image, the result computed here from the checkpoint with inference_detector."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = [inference_detector(model, path) for path, _, _ in gt_instances(trained)]
-    torch.set_num_threads(threads)
-    return out
 
 
 @pytest.fixture(scope='module')

@@ -9,11 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from helpers.tiny import ROOT, write_tiny_config
-from helpers.trained import gt_instances, trained_model
-from mixprec.apis import inference_detector, init_detector
+from helpers.trained import model, reference, trained  # noqa: F401 (fixtures)
 from test_engine_dist import free_port
 
 pytestmark = pytest.mark.slow
@@ -35,23 +33,6 @@ def val_record(work_dir: str) -> dict:
     log = glob.glob(os.path.join(work_dir, '*.log.json'))[0]
     records = [json.loads(line) for line in open(log)]
     return [r for r in records if r.get('mode') == 'val'][-1]
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A tiny Faster R-CNN trained by tools/train.py (bf16 master weights) until it detects the shapes it saw."""
-    return trained_model(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
-def reference(trained):
-    """Per test image, the result computed in this process from the checkpoint."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = init_detector(trained.config, trained.checkpoint, device='cpu')
-    out = [inference_detector(model, path) for path, _, _ in gt_instances(trained)]
-    torch.set_num_threads(threads)
-    return out
 
 
 @pytest.fixture(scope='module')

@@ -14,6 +14,8 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
+import pytest
+import torch
 
 from .tiny import ROOT
 
@@ -137,3 +139,28 @@ def found_fraction(results: list, gts: list, score_thr: float = 0.3, iou_thr: fl
             total += 1
             found += bool(len(dets)) and float(box_iou(box[None], dets[:, :4]).max()) > iou_thr
     return found / max(total, 1)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory) -> Trained:
+    """Fixture: the session's trained model (import it into a test module)."""
+    return trained_model(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def model(trained):
+    """Fixture: the trained detector from ``init_detector`` on the CPU (bf16, as trained)."""
+    from mixprec.apis import init_detector
+    return init_detector(trained.config, trained.checkpoint, device='cpu')
+
+
+@pytest.fixture(scope='module')
+def reference(model, trained) -> list:
+    """Fixture: per training image, the result ``inference_detector`` computes here (one thread)."""
+    from mixprec.apis import inference_detector
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [inference_detector(model, path) for path, _, _ in gt_instances(trained)]
+    finally:
+        torch.set_num_threads(threads)
