@@ -76,7 +76,7 @@ def draw_instances(img: np.ndarray, bboxes: np.ndarray, labels: np.ndarray, clas
             mask = np.asarray(mask, dtype=bool)
             out[mask] = (out[mask] * (1 - alpha) + mask_colors[label] * alpha).astype(np.uint8)
     for i, (box, label) in enumerate(zip(bboxes, labels)):
-        x1, y1, x2, y2 = (int(v) for v in np.asarray(box[:4]).astype(np.int32))
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
         cv2.rectangle(out, (x1, y1), (x2, y2), tuple(int(c) for c in bbox_colors[label]), thickness)
         text = class_names[label] if label < len(class_names) else f'class {label}'
         if scores is not None:
@@ -137,7 +137,8 @@ def show_result(img: Union[str, np.ndarray], result, class_names: Sequence[str],
         bboxes, labels = bboxes[keep], labels[keep]
         masks = [m for m, k in zip(masks, keep) if k] if masks is not None else None
     num_colors = max(int(labels.max()) + 1 if len(labels) else 1, 1)
-    drawn = draw_instances(img, bboxes[:, :4], labels, class_names or (), bboxes[:, 4], masks or None,
+    corners = bboxes[:, :4].astype(np.int32).astype(np.float32)  # truncated, as mmdetection draws them
+    drawn = draw_instances(img, corners, labels, class_names or (), bboxes[:, 4], masks or None,
                            bbox_colors=_bgr(get_palette(bbox_color, num_colors)),
                            text_colors=_bgr(get_palette(text_color, num_colors)),
                            mask_colors=_bgr(get_palette(mask_color, num_colors)),
