@@ -7,9 +7,11 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from helpers.tiny import ROOT, write_tiny_config
+from helpers.trained import model, reference, trained  # noqa: F401 (fixtures)
 from test_engine_dist import free_port
 
 pytestmark = pytest.mark.slow
@@ -34,57 +36,63 @@ def val_record(work_dir: str) -> dict:
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A tiny Mask R-CNN trained 2 epochs by tools/train.py with bf16 master weights."""
-    folder = str(tmp_path_factory.mktemp('e2e'))
-    config = write_tiny_config(folder)
-    work_dir = os.path.join(folder, 'work')
-    run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--seed', '0'])
-    return folder, config, work_dir
+def single(trained, tmp_path_factory):
+    """tools/test.py in one process: printed metrics and the --out results."""
+    out = str(tmp_path_factory.mktemp('single') / 'single.pkl')
+    proc = run([sys.executable, 'tools/test.py', trained.config, trained.checkpoint, '--eval', 'bbox', '--out', out])
+    return printed_metrics(proc.stdout), pickle.load(open(out, 'rb'))
+
+
+def assert_same_results(results, expected):
+    assert len(results) == len(expected)
+    for i, (result, ref) in enumerate(zip(results, expected)):
+        assert len(result) == len(ref) == 3, i
+        for c, (r, e) in enumerate(zip(result, ref)):
+            assert r.shape == e.shape and np.array_equal(r, e), (i, c)
 
 
 def test_train_writes_work_dir(trained):
-    folder, config, work_dir = trained
-    files = os.listdir(work_dir)
-    assert {'tiny.py', 'epoch_1.pth', 'epoch_2.pth', 'latest.pth'} <= set(files)
+    files = os.listdir(trained.work_dir)
+    assert {'trained.py', 'epoch_80.pth', 'latest.pth'} <= set(files)
     assert any(f.endswith('.log') for f in files) and any(f.endswith('.log.json') for f in files)
-    records = [json.loads(line) for line in open(glob.glob(os.path.join(work_dir, '*.log.json'))[0])]
+    records = [json.loads(line) for line in open(glob.glob(os.path.join(trained.work_dir, '*.log.json'))[0])]
     assert records[0]['seed'] == 0 and 'config' in records[0]
     train = [r for r in records if r.get('mode') == 'train']
-    assert all({'loss', 'loss_mask', 'loss_scale', 'skipped_steps', 'lr', 'time'} <= set(r) for r in train)
+    assert all({'loss', 'loss_cls', 'loss_scale', 'skipped_steps', 'lr', 'time'} <= set(r) for r in train)
 
 
-def test_test_tool_matches_training_evaluation(trained):
-    folder, config, work_dir = trained
-    out = os.path.join(folder, 'results.pkl')
-    show = os.path.join(folder, 'show')
-    proc = run([sys.executable, 'tools/test.py', config, os.path.join(work_dir, 'latest.pth'),
-                '--eval', 'bbox', 'segm', '--out', out, '--show-dir', show])
-    metrics = printed_metrics(proc.stdout)
-    val = val_record(work_dir)
-    for key in ('bbox_mAP', 'bbox_mAP_50', 'segm_mAP', 'segm_mAP_50'):
+def test_test_tool_matches_training_evaluation(trained, single, reference, tmp_path):
+    metrics, results = single
+    val = val_record(trained.work_dir)
+    for key in ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75'):
         assert metrics[key] == pytest.approx(val[key], abs=1e-4), key
-    results = pickle.load(open(out, 'rb'))
-    assert len(results) == 4 and isinstance(results[0], tuple) and len(results[0][0]) == 3
-    assert len(os.listdir(show)) == 4
+    assert metrics['bbox_mAP_50'] > 0.3  # the model detects: the comparison is not one of zeros
+    assert_same_results(results, reference)
 
-    prefix = os.path.join(folder, 'coco_results')
-    run([sys.executable, 'tools/test.py', config, os.path.join(work_dir, 'latest.pth'), '--format-only',
+    prefix = str(tmp_path / 'coco_results')
+    run([sys.executable, 'tools/test.py', trained.config, trained.checkpoint, '--format-only',
          '--eval-options', f'jsonfile_prefix={prefix}'])
     boxes = json.load(open(prefix + '.bbox.json'))
-    assert all(set(b) >= {'image_id', 'bbox', 'score', 'category_id'} for b in boxes)
-    assert {b['category_id'] for b in boxes} <= {1, 3, 5}
-    assert os.path.exists(prefix + '.segm.json')
+    cat_ids = (1, 3, 5)
+    expected = [(i + 1, cat_ids[c], [float(v) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])], float(b[4]))
+                for i, result in enumerate(results) for c, r in enumerate(result) for b in r]
+    assert len(boxes) == len(expected) > 4
+    for got, (image_id, cat_id, xywh, score) in zip(boxes, expected):
+        assert (got['image_id'], got['category_id']) == (image_id, cat_id)
+        assert got['bbox'] == pytest.approx(xywh, abs=1e-3) and got['score'] == pytest.approx(score, abs=1e-6)
 
 
-def test_two_process_test_equals_one_process(trained):
-    folder, config, work_dir = trained
-    ckpt = os.path.join(work_dir, 'latest.pth')
-    single = printed_metrics(run([sys.executable, 'tools/test.py', config, ckpt, '--eval', 'bbox', 'segm']).stdout)
+@pytest.mark.parametrize('collect', [[], ['--tmpdir', 'TMP']], ids=['process-group', 'tmpdir'])
+def test_two_process_test_equals_one_process(trained, single, collect, tmp_path):
+    out = str(tmp_path / 'double.pkl')
+    collect = [str(tmp_path / 'parts') if a == 'TMP' else a for a in collect]
     env = dict(ENV, PORT=str(free_port()))
-    double = printed_metrics(run(['bash', 'tools/dist_test.sh', config, ckpt, '2', '--eval', 'bbox', 'segm'],
-                                 env=env).stdout)
-    assert double == single
+    proc = run(['bash', 'tools/dist_test.sh', trained.config, trained.checkpoint, '2', '--eval', 'bbox', '--out', out,
+                *collect], env=env)
+    assert printed_metrics(proc.stdout) == single[0]
+    assert_same_results(pickle.load(open(out, 'rb')), single[1])
+    if collect:
+        assert os.listdir(collect[1]) == []  # rank 0 removed the parts it read
 
 
 def test_dist_train_two_processes(tmp_path):

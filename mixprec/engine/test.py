@@ -1,6 +1,9 @@
 """Inference loops over a data loader: one process, or many with results gathered on rank 0."""
 from __future__ import annotations
 
+import os
+import os.path as osp
+import pickle
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -9,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .dist_utils import collect_results, get_dist_info
+from .dist_utils import barrier, collect_results, get_dist_info
 from .runner import move_to_device
 
 
@@ -56,8 +59,49 @@ def single_gpu_test(model: nn.Module, data_loader, progress: bool = True,
     return _run(model, data_loader, progress, on_batch)
 
 
-def multi_gpu_test(model: nn.Module, data_loader, progress: bool = True) -> Optional[list]:
-    """Each rank runs its shard; rank 0 returns all results in dataset order, others None."""
+def collect_results_in_dir(part: list, size: int, tmpdir: str) -> Optional[list]:
+    """Gather each rank's results on rank 0 through files in ``tmpdir`` (a folder every rank sees).
+
+    Like :func:`collect_results` (same order, padding dropped) but the results travel through
+    ``tmpdir/part_<rank>.pkl`` instead of the process group; rank 0 removes the files it read.
+    """
+    rank, world = get_dist_info()
+    os.makedirs(tmpdir, exist_ok=True)
+    with open(osp.join(tmpdir, f'part_{rank}.pkl'), 'wb') as f:
+        pickle.dump(part, f)
+    barrier()
+    if rank != 0:
+        return None
+    parts = []
+    for r in range(world):
+        path = osp.join(tmpdir, f'part_{r}.pkl')
+        with open(path, 'rb') as f:
+            parts.append(pickle.load(f))
+        os.remove(path)
+    return [res for group in zip(*parts) for res in group][:size]
+
+
+def multi_gpu_test(model: nn.Module, data_loader, tmpdir: Optional[str] = None, gpu_collect: bool = False,
+                   progress: bool = True) -> Optional[list]:
+    """Each rank runs its shard; rank 0 returns all results in dataset order, others None.
+
+    Results are gathered through the process group (mmdetection v2's ``gpu_collect``; NCCL on GPUs,
+    gloo on the CPU), or through files in ``tmpdir`` when it is given and ``gpu_collect`` is not.
+    """
     rank, _ = get_dist_info()
     part = _run(model, data_loader, progress and rank == 0)
+    if tmpdir is not None and not gpu_collect:
+        return collect_results_in_dir(part, len(data_loader.dataset), tmpdir)
     return collect_results(part, len(data_loader.dataset))
+
+
+# keys of ``cfg.evaluation`` that configure the EvalHook, not ``dataset.evaluate``
+EVAL_HOOK_KEYS = ('interval', 'tmpdir', 'start', 'gpu_collect', 'save_best', 'rule', 'dynamic_intervals', 'by_epoch')
+
+
+def evaluation_kwargs(cfg, metric, options: Optional[dict] = None) -> dict:
+    """``dataset.evaluate`` arguments as mmdetection v2's tools build them: ``cfg.evaluation`` without
+    the hook's keys, then ``metric`` and the command line's ``--eval-options``."""
+    kwargs = {k: v for k, v in dict(cfg.get('evaluation') or {}).items() if k not in EVAL_HOOK_KEYS}
+    kwargs.update(metric=metric, **(options or {}))
+    return kwargs

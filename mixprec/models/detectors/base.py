@@ -68,6 +68,11 @@ class BaseDetector(nn.Module):
             return self.simple_test(imgs[0], img_metas[0], rescale=rescale, **kwargs)
         return self.aug_test(imgs, img_metas, rescale=rescale, **kwargs)
 
+    def show_result(self, img, result, score_thr: float = 0.3, **kwargs):
+        """Draw ``result`` on ``img`` with this detector's CLASSES (see :func:`mixprec.visualization.show_result`)."""
+        from mixprec.visualization import show_result
+        return show_result(img, result, self.CLASSES or (), score_thr=score_thr, **kwargs)
+
     @auto_fp16(apply_to=('img', ))
     def forward(self, img: Union[Tensor, list[Tensor]], img_metas: Union[list[dict], list[list[dict]]],
                 return_loss: bool = True, **kwargs):
