@@ -189,12 +189,13 @@ def pretrained_checkpoint(owner: str, init_cfg: Optional[dict], pretrained: Opti
 
 
 def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = None,
-                    keep: Optional[str] = None) -> dict:
+                    keep: Optional[str] = None, unused: tuple[str, ...] = ()) -> dict:
     """Load ``checkpoint`` into ``module`` (mmcv's ``Pretrained`` init: no key conversion, not strict).
 
     ``prefix`` keeps the keys under it and strips it (mmcv's ``prefix``); without one, a whole
     detector's checkpoint gives its ``backbone.`` keys. ``keep`` keeps only keys starting with it
-    (the shared head takes ``layer4.`` from a backbone file). The classifier ``fc.`` is dropped.
+    (the shared head takes ``layer4.`` from a backbone file). The classifier ``fc.`` and the keys
+    under ``unused`` (stages a C4 backbone does not build) are dropped.
     Returns the load report (missing / unexpected / mismatched keys).
     """
     state = extract_state_dict(load_file(checkpoint), checkpoint)
@@ -202,7 +203,8 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
         prefix = 'backbone.'
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    state = {k: v for k, v in state.items() if not k.startswith('fc.') and (keep is None or k.startswith(keep))}
+    state = {k: v for k, v in state.items()
+             if not k.startswith(('fc.', *unused)) and (keep is None or k.startswith(keep))}
     return load_state_dict(module, state, strict=False, logger=logger, source=checkpoint)
 
 
@@ -315,7 +317,8 @@ class ResNet(nn.Module):
     def init_weights(self) -> None:
         """Load the configured checkpoint, or kaiming init with zero-init residuals."""
         if self.pretrained is not None:
-            load_pretrained(self, self.pretrained['checkpoint'], self.pretrained['prefix'])
+            unused = tuple(f'layer{i}.' for i in range(len(self.res_layers) + 1, 5))
+            load_pretrained(self, self.pretrained['checkpoint'], self.pretrained['prefix'], unused=unused)
             return
         init_resnet_weights(self, self.zero_init_residual)
 
