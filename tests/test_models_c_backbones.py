@@ -3,6 +3,7 @@ v2's key names and shapes, and their pretrained files resolved from the torch hu
 import copy
 import logging
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -10,7 +11,11 @@ from torchvision.models.resnet import Bottleneck as TvBottleneck
 
 import mixprec.models  # noqa: F401  (registers every model part)
 from mixprec.checkpoint import CheckpointError
+from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import MODELS, ConfigError
+from test_fp16_helpers import make_runner
+from test_models_b_detectors import tiny_cfg, total_loss
+from test_models_b_overfit import make_shapes
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -310,3 +315,82 @@ def test_bbox_head_with_avg_pool_is_two_linear_layers_on_channel_means():
     torch.testing.assert_close(bbox_pred, means @ head.fc_reg.weight.T + head.fc_reg.bias)
     empty_scores, _ = head(x[:0])
     assert empty_scores.shape == (0, 4)
+
+
+def few_rois(cfg: dict) -> dict:
+    """CPU-sized proposal and RoI counts (64 sampled RoIs per image, 300 proposals), and batch
+    statistics in the norms (a random net with the configs' frozen identity BN learns too slowly)."""
+    for part in (cfg['backbone'], cfg['roi_head'].get('shared_head', {})):
+        part.update(norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False)
+    cfg['train_cfg']['rpn_proposal'].update(nms_pre=1000, max_per_img=300)
+    cfg['train_cfg']['rcnn']['sampler']['num'] = 64
+    cfg['test_cfg']['rpn'].update(nms_pre=1000, max_per_img=100)
+    return cfg
+
+
+def tiny_variant_cfg(variant: str) -> dict:
+    """Shrunk detectors of each variant, 2 classes: C4 Faster / Mask R-CNN, DC5 Faster R-CNN (caffe,
+    frozen BN as in their configs) and a ResNeXt-50 (4 groups) FPN Faster R-CNN."""
+    if variant in ('c4_faster', 'c4_mask'):
+        return few_rois(c4_model_cfg(mask=variant == 'c4_mask', tiny=True, num_classes=2))
+    if variant == 'dc5_faster':
+        cfg = few_rois(c4_model_cfg(mask=False, tiny=True, num_classes=2))
+        cfg['backbone'].update(num_stages=4, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), out_indices=(3, ))
+        cfg['rpn_head'].update(in_channels=256, feat_channels=256)
+        roi_head = cfg['roi_head']
+        del roi_head['shared_head']
+        roi_head['bbox_roi_extractor'].update(out_channels=256, roi_layer=dict(type='RoIAlign', output_size=7,
+                                                                               sampling_ratio=0))
+        roi_head['bbox_head'] = dict(roi_head['bbox_head'], type='Shared2FCBBoxHead', in_channels=256, fc_out_channels=64)
+        del roi_head['bbox_head']['with_avg_pool']
+        return cfg
+    cfg = tiny_cfg('faster', num_classes=2)
+    cfg['backbone'] = dict(type='ResNeXt', depth=50, groups=4, base_width=4, base_channels=16, frozen_stages=1,
+                           norm_cfg=dict(type='BN', requires_grad=True), style='pytorch', init_cfg=None)
+    cfg['neck']['in_channels'] = [64, 128, 256, 512]
+    return cfg
+
+
+FAST = {('dc5_faster', 'master', 'float16'), ('dc5_faster', 'autocast', 'float16'),
+        ('c4_faster', 'master', 'bfloat16'), ('c4_mask', 'autocast', 'bfloat16'), ('x50_fpn_faster', 'master', 'bfloat16')}
+TRAIN_CASES = [pytest.param(v, m, d, marks=() if (v, m, d) in FAST else pytest.mark.slow, id=f'{v}-{m}-{d}')
+               for v in ('c4_faster', 'c4_mask', 'dc5_faster', 'x50_fpn_faster')
+               for m in ('master', 'autocast') for d in ('float16', 'bfloat16')]
+
+
+@pytest.mark.parametrize('variant, mode, dtype', TRAIN_CASES)
+def test_variant_trains_on_shapes_under_the_fp16_hook(variant, mode, dtype):
+    """Ten steps on two shapes images: finite fp32 losses, no skipped step, the loss falls; then a test pass.
+
+    float16 on the CPU is slow, so the quick suite runs float16 on DC5 (both modes) and bfloat16 on the
+    others; the whole matrix is marked slow."""
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_variant_cfg(variant))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    runner = make_runner(model, torch.optim.SGD(params, lr=0.02, momentum=0.9))
+    hook = Fp16OptimizerHook(loss_scale=512. if dtype == 'float16' else None, dtype=dtype, mode=mode,
+                             grad_clip=dict(max_norm=35, norm_type=2))
+    hook.before_run(runner)
+    img, boxes, labels, masks = make_shapes(num_images=2, size=96 if variant == 'c4_mask' else 128, seed=1)
+    size = img.shape[-1]
+    metas = [dict(img_shape=(size, size, 3), ori_shape=(size, size, 3), pad_shape=(size, size, 3),
+                  scale_factor=np.ones(4, dtype=np.float32), flip=False) for _ in range(len(img))]
+    targets = dict(gt_bboxes=boxes, gt_labels=labels)
+    if variant == 'c4_mask':
+        targets['gt_masks'] = masks
+    history = []
+    for step in range(10):
+        losses = runner.model(img, copy.deepcopy(metas), **targets)
+        loss = total_loss(losses)
+        assert loss.dtype is torch.float32 and torch.isfinite(loss), (step, losses)
+        history.append(loss.item())
+        runner.outputs = dict(loss=loss)
+        runner.iter = step
+        hook.after_train_iter(runner)
+    assert runner.log_buffer.last('skipped_steps') == 0
+    assert sum(history[-3:]) < 0.9 * sum(history[:3]), history
+    runner.model.eval()
+    with torch.no_grad():
+        results = runner.model(img, copy.deepcopy(metas), return_loss=False)
+    assert len(results) == 2
