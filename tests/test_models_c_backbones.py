@@ -399,7 +399,7 @@ def test_variant_trains_on_shapes_under_the_fp16_hook(variant, mode, dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize('variant', ['c4_faster', 'x50_fpn_faster'])
 def test_variant_finds_its_training_shapes(variant):
-    """60 bf16-autocast SGD steps on four shapes images: box AP50 on them well above chance."""
+    """60 bf16-autocast SGD steps on four shapes images: box AP50 on them above 0.8 (0.92 and 0.95 measured)."""
     torch.manual_seed(0)
     model = MODELS.build(tiny_variant_cfg(variant))
     wrap_fp16_model(model, dtype=torch.bfloat16, mode='autocast')
@@ -421,4 +421,4 @@ def test_variant_finds_its_training_shapes(variant):
     model.eval()
     with torch.no_grad():
         results = model(img, copy.deepcopy(metas), return_loss=False)
-    assert box_ap50(results, boxes, labels) > 0.5
+    assert box_ap50(results, boxes, labels) > 0.8
