@@ -3,7 +3,6 @@ v2's key names and shapes, and their pretrained files resolved from the torch hu
 import copy
 import logging
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -11,11 +10,11 @@ from torchvision.models.resnet import Bottleneck as TvBottleneck
 
 import mixprec.models  # noqa: F401  (registers every model part)
 from mixprec.checkpoint import CheckpointError
-from mixprec.fp16 import Fp16OptimizerHook, wrap_fp16_model
+from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import MODELS, ConfigError
 from test_fp16_helpers import make_runner
 from test_models_b_detectors import tiny_cfg, total_loss
-from test_models_b_overfit import box_ap50, make_shapes
+from test_models_b_overfit import box_ap50, make_shapes, shapes_metas, train
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -373,9 +372,7 @@ def test_variant_trains_on_shapes_under_the_fp16_hook(variant, mode, dtype):
                              grad_clip=dict(max_norm=35, norm_type=2))
     hook.before_run(runner)
     img, boxes, labels, masks = make_shapes(num_images=2, size=96 if variant == 'c4_mask' else 128, seed=1)
-    size = img.shape[-1]
-    metas = [dict(img_shape=(size, size, 3), ori_shape=(size, size, 3), pad_shape=(size, size, 3),
-                  scale_factor=np.ones(4, dtype=np.float32), flip=False) for _ in range(len(img))]
+    metas = shapes_metas(img)
     targets = dict(gt_bboxes=boxes, gt_labels=labels)
     if variant == 'c4_mask':
         targets['gt_masks'] = masks
@@ -400,25 +397,5 @@ def test_variant_trains_on_shapes_under_the_fp16_hook(variant, mode, dtype):
 @pytest.mark.parametrize('variant', ['c4_faster', 'x50_fpn_faster'])
 def test_variant_finds_its_training_shapes(variant):
     """60 bf16-autocast SGD steps on four shapes images: box AP50 on them above 0.8 (0.92 and 0.95 measured)."""
-    torch.manual_seed(0)
-    model = MODELS.build(tiny_variant_cfg(variant))
-    wrap_fp16_model(model, dtype=torch.bfloat16, mode='autocast')
-    img, boxes, labels, _ = make_shapes()
-    size = img.shape[-1]
-    metas = [dict(img_shape=(size, size, 3), ori_shape=(size, size, 3), pad_shape=(size, size, 3),
-                  scale_factor=np.ones(4, dtype=np.float32), flip=False) for _ in range(len(img))]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
-    model.train()
-    for it in range(60):
-        for group in optimizer.param_groups:
-            group['lr'] = 0.02 * min(1.0, (it + 1) / 10)
-        loss = total_loss(model(img, copy.deepcopy(metas), gt_bboxes=boxes, gt_labels=labels))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 35.0)
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        results = model(img, copy.deepcopy(metas), return_loss=False)
+    results, boxes, labels, _ = train('faster', 'autocast', iters=60, cfg=tiny_variant_cfg(variant))
     assert box_ap50(results, boxes, labels) > 0.8
