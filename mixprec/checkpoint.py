@@ -69,7 +69,7 @@ def resolve_checkpoint_path(filename: str) -> str:
             origin = '' if url == filename else f' (from {url})'
             raise CheckpointError(
                 f'{filename}: {path} is missing and this machine cannot download it; copy the file there{origin} '
-                f'(or set TORCH_HOME), or train from scratch with init_cfg=None')
+                f'(or set TORCH_HOME), or leave it out of the config (init_cfg=None, load_from=None)')
         return path
     if re.match(r'^[a-z0-9+.-]+://', filename):
         raise CheckpointError(f'{filename}: unknown scheme; give a local path, torchvision://, open-mmlab://, '
