@@ -14,47 +14,76 @@ import tempfile
 import zipfile
 from collections import OrderedDict
 from typing import Any, Iterable, Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from mixprec import model_zoo
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or saved; the message is one line naming the file."""
 
 
+def url_cache_path(url: str) -> str:
+    """Where torch's hub (and so mmcv 1.x) keeps the file of ``url``: ``$TORCH_HOME/hub/checkpoints/<basename>``."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urlparse(url).path))
+
+
+def _zoo_url(filename: str) -> Optional[str]:
+    """The URL that a ``torchvision://``, ``open-mmlab://`` or ``mmcls://`` name stands for (mmcv's
+    tables, :mod:`mixprec.model_zoo`); the URL itself for ``http(s)://``; None for a local path."""
+    for scheme, table in (('torchvision://', model_zoo.TORCHVISION), ('modelzoo://', model_zoo.TORCHVISION),
+                          ('open-mmlab://', model_zoo.OPEN_MMLAB), ('openmmlab://', model_zoo.OPEN_MMLAB),
+                          ('mmcls://', model_zoo.MMCLS)):
+        if filename.startswith(scheme):
+            name = filename[len(scheme):]
+            if table is model_zoo.OPEN_MMLAB:
+                name = model_zoo.OPEN_MMLAB_DEPRECATED.get(name, name)
+            if name not in table:
+                raise CheckpointError(f'{filename}: unknown {scheme} name {name!r}; known: {", ".join(sorted(table))}')
+            return table[name]
+    if filename.startswith(('http://', 'https://')):
+        return filename
+    return None
+
+
 def torchvision_cache_path(name: str) -> str:
     """Where torchvision keeps the ImageNet weights of ``name`` (e.g. 'resnet50')."""
-    import torchvision
-    try:
-        weights_enum = torchvision.models.get_model_weights(name)
-    except ValueError as exc:
-        raise CheckpointError(f'torchvision://{name}: torchvision has no model of that name') from exc
-    url = weights_enum.IMAGENET1K_V1.url
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+    return url_cache_path(_zoo_url(f'torchvision://{name}'))
 
 
 def resolve_checkpoint_path(filename: str) -> str:
-    """Map ``torchvision://name`` to torchvision's cache file; check that the file exists."""
-    if filename.startswith('torchvision://'):
-        path = torchvision_cache_path(filename[len('torchvision://'):])
+    """The local file of a checkpoint name, resolved as mmcv 1.x did, and checked to exist.
+
+    ``torchvision://NAME``, ``open-mmlab://NAME`` (and ``openmmlab://``), ``mmcls://NAME`` map to
+    their URL (:mod:`mixprec.model_zoo`); a URL maps to ``$TORCH_HOME/hub/checkpoints/<basename>``
+    (TORCH_HOME defaults to ~/.cache/torch); anything else is a local path. Never downloads: a
+    missing file is one line naming the path to put it at.
+    """
+    url = _zoo_url(filename)
+    if url is not None:
+        path = url_cache_path(url)
         if not os.path.isfile(path):
+            origin = '' if url == filename else f' (from {url})'
             raise CheckpointError(
-                f'{filename}: {path} is missing and this machine cannot download it; copy the file '
-                f'there (or set TORCH_HOME), or train from scratch with init_cfg=None')
+                f'{filename}: {path} is missing and this machine cannot download it; copy the file there{origin} '
+                f'(or set TORCH_HOME), or leave it out of the config (init_cfg=None, load_from=None)')
         return path
-    if re.match(r'^[a-z]+://', filename):
-        raise CheckpointError(f'{filename}: only local paths and torchvision:// are supported (no downloads)')
-    if not os.path.isfile(filename):
+    if re.match(r'^[a-z0-9+.-]+://', filename):
+        raise CheckpointError(f'{filename}: unknown scheme; give a local path, torchvision://, open-mmlab://, '
+                              f'mmcls:// or an http(s):// URL (looked up in the torch hub cache)')
+    if not os.path.isfile(os.path.expanduser(filename)):
         raise CheckpointError(f'checkpoint {filename} does not exist')
-    return filename
+    return os.path.expanduser(filename)
 
 
 def load_file(filename: str, map_location: Any = 'cpu', trusted: bool = False) -> Any:
     """``torch.load`` with one-line errors; ``weights_only=True`` unless ``trusted``."""
     path = resolve_checkpoint_path(filename)
     try:
-        return torch.load(path, map_location=map_location, weights_only=not trusted)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as exc:
         if 'Weights only load failed' in str(exc) and _is_torch_zip(path):
             raise CheckpointError(
@@ -64,6 +93,16 @@ def load_file(filename: str, map_location: Any = 'cpu', trusted: bool = False) -
     except Exception as exc:
         reason = 'the file is empty' if os.path.getsize(path) == 0 else _first_line(exc)
         raise CheckpointError(f'{path} is truncated or not a PyTorch checkpoint ({reason})') from None
+    return _mmcls_backbone(checkpoint) if filename.startswith('mmcls://') else checkpoint
+
+
+def _mmcls_backbone(checkpoint: Any) -> Any:
+    """An mmclassification checkpoint reduced to its backbone, as mmcv did for ``mmcls://``:
+    only the ``backbone.*`` keys, with the prefix stripped."""
+    if not isinstance(checkpoint, dict):
+        return checkpoint
+    state = checkpoint.get('state_dict', checkpoint)
+    return {'state_dict': OrderedDict((k[len('backbone.'):], v) for k, v in state.items() if k.startswith('backbone.'))}
 
 
 def _is_torch_zip(path: str) -> bool:
@@ -148,7 +187,8 @@ def load_state_dict(module: nn.Module, state_dict: dict, strict: bool = False,
                     logger: Optional[logging.Logger] = None, source: str = 'checkpoint') -> dict[str, list]:
     """Copy matching tensors into ``module``; report missing, unexpected and mis-shaped keys.
 
-    Mis-shaped keys are never loaded. With ``strict`` any of the three is an error.
+    Mis-shaped keys are never loaded. With ``strict`` any of the three is an error. BatchNorm's
+    ``num_batches_tracked`` counters are not reported missing (older files lack them; mmcv did the same).
     Returns ``dict(missing=[...], unexpected=[...], mismatched=[(key, ckpt_shape, model_shape)])``.
     """
     module = unwrap_model(module)
@@ -158,7 +198,7 @@ def load_state_dict(module: nn.Module, state_dict: dict, strict: bool = False,
     bad = {k for k, _, _ in mismatched}
     loadable = OrderedDict((k, v) for k, v in state_dict.items() if k not in bad)
     result = module.load_state_dict(loadable, strict=False)
-    missing = [k for k in result.missing_keys if k not in bad]
+    missing = [k for k in result.missing_keys if k not in bad and not k.endswith('num_batches_tracked')]
     report = dict(missing=missing, unexpected=list(result.unexpected_keys), mismatched=mismatched)
     lines = _describe(report)
     if lines and strict:

@@ -50,6 +50,13 @@ def make_shapes(num_images: int = 4, size: int = 128, seed: int = 0):
     return torch.from_numpy(img), boxes, labels, masks
 
 
+def shapes_metas(img: torch.Tensor) -> list[dict]:
+    """Meta dicts of the square, unresized and unpadded images [n, 3, s, s] of :func:`make_shapes`."""
+    size = img.shape[-1]
+    return [dict(img_shape=(size, size, 3), ori_shape=(size, size, 3), pad_shape=(size, size, 3),
+                 scale_factor=np.ones(4, dtype=np.float32), flip=False) for _ in range(len(img))]
+
+
 def average_precision_50(dets_per_image, gts_per_image, num_classes, iou):
     """Mean over classes of the all-point interpolated AP at IoU 0.5 (VOC 2010 style).
 
@@ -96,20 +103,20 @@ def mask_iou(mask, gts):
     return np.array([(mask & g).sum() / max((mask | g).sum(), 1) for g in gts])
 
 
-def train(kind: str, fp16_mode, iters: int):
+def train(kind: str, fp16_mode, iters: int, cfg=None):
+    """Train ``cfg`` (default: the tiny ``kind`` detector below) on :func:`make_shapes`; test on the same images."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(kind, num_classes=2)
-    # a trainable backbone with batch statistics and 256-wide box head layers (64-wide ones can
-    # all die under these large first steps) learn the shapes in a few dozen steps from scratch
-    cfg['backbone'].update(frozen_stages=-1, norm_eval=False)
-    cfg['roi_head']['bbox_head']['fc_out_channels'] = 256
+    if cfg is None:
+        cfg = tiny_cfg(kind, num_classes=2)
+        # a trainable backbone with batch statistics and 256-wide box head layers (64-wide ones can
+        # all die under these large first steps) learn the shapes in a few dozen steps from scratch
+        cfg['backbone'].update(frozen_stages=-1, norm_eval=False)
+        cfg['roi_head']['bbox_head']['fc_out_channels'] = 256
     model = MODELS.build(cfg)
     if fp16_mode is not None:
         wrap_fp16_model(model, dtype=torch.bfloat16, mode=fp16_mode)
     img, boxes, labels, masks = make_shapes()
-    size = img.shape[-1]
-    metas = [dict(img_shape=(size, size, 3), ori_shape=(size, size, 3), pad_shape=(size, size, 3),
-                  scale_factor=np.ones(4, dtype=np.float32), flip=False) for _ in range(len(img))]
+    metas = shapes_metas(img)
     targets = dict(gt_bboxes=boxes, gt_labels=labels)
     if kind == 'mask':
         targets['gt_masks'] = masks

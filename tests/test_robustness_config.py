@@ -65,7 +65,7 @@ CASES = {
     'string for a number': ('', "optimizer = dict(lr='0.02')\n", [],
                             r"tiny\.py: optimizer\.lr must be a number, got str '0\.02'"),
     'bad model value': ('', "model = dict(backbone=dict(depth='18'))\n", [],
-                        r"tiny\.py: model: ResNet depth must be one of \[18, 34, 50, 101\], got '18'"),
+                        r"tiny\.py: model: ResNet depth must be one of \[18, 34, 50, 101, 152\], got '18'"),
     'missing section': (MINIMAL_WITHOUT_OPTIMIZER, None, [],
                         r"bad\.py: the config has no 'optimizer'; it is required for training"),
 }

@@ -1,4 +1,4 @@
 """Backbones."""
-from .resnet import ResNet
+from .resnet import ResNet, ResNeXt
 
-__all__ = ['ResNet']
+__all__ = ['ResNet', 'ResNeXt']

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from mixprec.fp16 import auto_fp16, force_fp32
 from mixprec.models.losses import accuracy
 from mixprec.models.task_modules.bbox_ops import check_gt_labels, multiclass_nms
-from mixprec.registry import MODELS, TASK_UTILS
+from mixprec.registry import MODELS, TASK_UTILS, ConfigError
 
 
 @MODELS.register_module()
@@ -29,6 +29,7 @@ class ConvFCBBoxHead(nn.Module):
         fc_out_channels: width of the shared layers.
         num_classes: number of object classes C.
         bbox_coder: config of the box coder (DeltaXYWHBBoxCoder, stds [0.1, 0.1, 0.2, 0.2]).
+        with_avg_pool: average-pool the [s, s] RoI features to one value per channel first.
         reg_class_agnostic: one box regression for all classes.
         loss_cls: classification loss config (softmax CrossEntropyLoss).
         loss_bbox: regression loss config (L1Loss).
@@ -40,7 +41,7 @@ class ConvFCBBoxHead(nn.Module):
                  fc_out_channels: int = 1024, num_classes: int = 80,
                  bbox_coder: Optional[dict] = None, reg_class_agnostic: bool = False,
                  loss_cls: Optional[dict] = None, loss_bbox: Optional[dict] = None,
-                 reg_decoded_bbox: bool = False) -> None:
+                 reg_decoded_bbox: bool = False, with_avg_pool: bool = False) -> None:
         super().__init__()
         self.reg_decoded_bbox = reg_decoded_bbox
         if bbox_coder is None:
@@ -57,7 +58,11 @@ class ConvFCBBoxHead(nn.Module):
         self.loss_bbox = MODELS.build(loss_bbox)
         self.fp16_enabled = False
 
-        widths = [in_channels * roi_feat_size * roi_feat_size] + [fc_out_channels] * num_shared_fcs
+        self.with_avg_pool = with_avg_pool
+        if with_avg_pool:
+            self.avg_pool = nn.AvgPool2d(roi_feat_size)
+        widths = [in_channels * (1 if with_avg_pool else roi_feat_size * roi_feat_size)]
+        widths += [fc_out_channels] * num_shared_fcs
         self.shared_fcs = nn.ModuleList(nn.Linear(widths[i], widths[i + 1]) for i in range(num_shared_fcs))
         self.fc_cls = nn.Linear(widths[-1], num_classes + 1)
         self.fc_reg = nn.Linear(widths[-1], 4 if reg_class_agnostic else 4 * num_classes)
@@ -76,6 +81,8 @@ class ConvFCBBoxHead(nn.Module):
     @auto_fp16()
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """[k, C, s, s] RoI features -> ([k, C + 1] class scores, [k, 4 * C] (or [k, 4]) deltas)."""
+        if self.with_avg_pool:
+            x = self.avg_pool(x) if x.numel() > 0 else x.mean(dim=(-2, -1), keepdim=True)
         x = x.flatten(1)
         for fc in self.shared_fcs:
             x = F.relu(fc(x))
@@ -194,3 +201,20 @@ class Shared2FCBBoxHead(ConvFCBBoxHead):
 
     def __init__(self, fc_out_channels: int = 1024, **kwargs) -> None:
         super().__init__(num_shared_fcs=2, fc_out_channels=fc_out_channels, **kwargs)
+
+
+@MODELS.register_module()
+class BBoxHead(ConvFCBBoxHead):
+    """mmdetection v2's plain BBoxHead: ``fc_cls`` and ``fc_reg`` straight on the RoI features
+    (``with_avg_pool=True``: on their channel means; the C4 detectors' head, [k, 2048, 7, 7] -> 2048).
+
+    ``with_cls`` / ``with_reg`` must stay True (a head without one of its two outputs is not implemented).
+    """
+
+    def __init__(self, with_avg_pool: bool = False, with_cls: bool = True, with_reg: bool = True, **kwargs) -> None:
+        if not (with_cls and with_reg):
+            raise ConfigError(f'BBoxHead: with_cls={with_cls}, with_reg={with_reg} is not implemented (both True only)')
+        for key in ('num_shared_fcs', 'fc_out_channels'):
+            if key in kwargs:
+                raise ConfigError(f'BBoxHead has no shared fully connected layers; {key} is not an argument of it')
+        super().__init__(num_shared_fcs=0, with_avg_pool=with_avg_pool, **kwargs)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.models.task_modules.bbox_ops import bbox2result, bbox2roi
-from mixprec.registry import MODELS, TASK_UTILS
+from mixprec.registry import MODELS, TASK_UTILS, ConfigError
 
 
 @MODELS.register_module()
@@ -18,23 +18,33 @@ class StandardRoIHead(nn.Module):
     Args:
         bbox_roi_extractor: config of the box RoI extractor (7x7).
         bbox_head: config of the box head.
-        mask_roi_extractor: config of the mask RoI extractor (14x14); None shares the box one.
+        mask_roi_extractor: config of the mask RoI extractor (14x14); None shares the box one, and
+            then the mask head reads the positives' box features (after the shared head) in training.
         mask_head: config of the mask head; None for Faster R-CNN.
+        shared_head: config of a head run on every pooled RoI before the box and mask heads
+            (the C4 detectors' ``ResLayer``); None for FPN detectors.
         train_cfg: the ``rcnn`` train config: assigner, sampler, pos_weight (and mask_size).
         test_cfg: the ``rcnn`` test config: score_thr, nms, max_per_img (and mask_thr_binary).
+        pretrained: given to the shared head as its ``pretrained`` (mmdetection v2's BaseRoIHead).
     """
 
     def __init__(self, bbox_roi_extractor: dict, bbox_head: dict,
                  mask_roi_extractor: Optional[dict] = None, mask_head: Optional[dict] = None,
-                 train_cfg: Optional[dict] = None, test_cfg: Optional[dict] = None) -> None:
+                 shared_head: Optional[dict] = None, train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None, pretrained: Optional[str] = None) -> None:
         super().__init__()
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        if shared_head is not None:
+            self.shared_head = MODELS.build(shared_head if pretrained is None else dict(shared_head, pretrained=pretrained))
+        elif pretrained is not None:
+            raise ConfigError(f'StandardRoIHead: pretrained={pretrained!r} needs a shared_head to load into')
         self.bbox_roi_extractor = MODELS.build(bbox_roi_extractor)
         self.bbox_head = MODELS.build(bbox_head)
         if mask_head is not None:
-            self.mask_roi_extractor = (MODELS.build(mask_roi_extractor) if mask_roi_extractor is not None
-                                       else self.bbox_roi_extractor)
+            self.share_roi_extractor = mask_roi_extractor is None
+            self.mask_roi_extractor = (self.bbox_roi_extractor if self.share_roi_extractor
+                                       else MODELS.build(mask_roi_extractor))
             self.mask_head = MODELS.build(mask_head)
         if train_cfg is not None:
             self.bbox_assigner = TASK_UTILS.build(train_cfg['assigner'])
@@ -47,15 +57,22 @@ class StandardRoIHead(nn.Module):
     def with_mask(self) -> bool:
         return hasattr(self, 'mask_head')
 
+    @property
+    def with_shared_head(self) -> bool:
+        return hasattr(self, 'shared_head')
+
+    def _roi_feats(self, extractor: nn.Module, x: Sequence[Tensor], rois: Tensor) -> Tensor:
+        """Pooled [k, C, s, s] features of [k, 5] RoIs, through the shared head when there is one."""
+        feats = extractor(x[:extractor.num_inputs], rois)
+        return self.shared_head(feats) if self.with_shared_head else feats
+
     def _bbox_forward(self, x: Sequence[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """[k, 5] RoIs -> ([k, C + 1] scores, [k, 4C] deltas)."""
-        feats = self.bbox_roi_extractor(x[:self.bbox_roi_extractor.num_inputs], rois)
-        return self.bbox_head(feats)
+        return self.bbox_head(self._roi_feats(self.bbox_roi_extractor, x, rois))
 
     def _mask_forward(self, x: Sequence[Tensor], rois: Tensor) -> Tensor:
-        """[k, 5] RoIs -> [k, C, 28, 28] mask logits."""
-        feats = self.mask_roi_extractor(x[:self.mask_roi_extractor.num_inputs], rois)
-        return self.mask_head(feats)
+        """[k, 5] RoIs -> [k, C, 28, 28] mask logits (14x14 for the C4 head)."""
+        return self.mask_head(self._roi_feats(self.mask_roi_extractor, x, rois))
 
     def forward_train(self, x: Sequence[Tensor], img_metas: list[dict], proposal_list: list[Tensor],
                       gt_bboxes: list[Tensor], gt_labels: list[Tensor],
@@ -86,17 +103,27 @@ class StandardRoIHead(nn.Module):
             sampling_results.append(self.bbox_sampler.sample(assign_result, proposals, boxes, labels, **extra))
 
         rois = bbox2roi([res.bboxes for res in sampling_results])
-        cls_score, bbox_pred = self._bbox_forward(x, rois)
+        bbox_feats = self._roi_feats(self.bbox_roi_extractor, x, rois)
+        cls_score, bbox_pred = self.bbox_head(bbox_feats)
         targets = self.bbox_head.get_targets(sampling_results, self.train_cfg)
         losses = self.bbox_head.loss(cls_score, bbox_pred, *targets, rois=rois)
 
         if self.with_mask:
-            pos_rois = bbox2roi([res.pos_bboxes for res in sampling_results])
-            mask_pred = self._mask_forward(x, pos_rois)
+            if self.share_roi_extractor:
+                mask_pred = self.mask_head(bbox_feats[self._positive_mask(sampling_results, rois.device)])
+            else:
+                mask_pred = self._mask_forward(x, bbox2roi([res.pos_bboxes for res in sampling_results]))
             mask_targets = self.mask_head.get_targets(sampling_results, gt_masks, self.train_cfg)
             pos_labels = torch.cat([res.pos_gt_labels for res in sampling_results])
             losses.update(self.mask_head.loss(mask_pred, mask_targets, pos_labels))
         return losses
+
+    @staticmethod
+    def _positive_mask(sampling_results: Sequence, device: torch.device) -> Tensor:
+        """[n] bool, True at the positives of the sampled RoIs (per image: positives, then negatives)."""
+        return torch.cat([torch.cat([torch.ones(res.pos_bboxes.size(0), dtype=torch.bool, device=device),
+                                     torch.zeros(res.neg_bboxes.size(0), dtype=torch.bool, device=device)])
+                          for res in sampling_results])
 
     def simple_test_bboxes(self, x: Sequence[Tensor], img_metas: list[dict],
                            proposal_list: list[Tensor], rescale: bool) -> tuple[list[Tensor], list[Tensor]]:
