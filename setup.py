@@ -24,5 +24,10 @@ setup(
         'tqdm>=4.60',
         'matplotlib>=3.5',
     ],
-    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2']},
+    extras_require={
+        'test': ['pytest>=7', 'pytest-timeout>=2', 'tensorboard>=2.10'],
+        'tensorboard': ['tensorboard>=2.10'],
+        'wandb': ['wandb>=0.15'],
+        'memory': ['psutil>=5.9', 'memory_profiler>=0.61'],
+    },
 )
