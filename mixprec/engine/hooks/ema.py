@@ -62,6 +62,7 @@ class BaseEMAHook(Hook):
         self.swapped = False
         self._entries: list = []
         self._stash: Optional[list] = None
+        self._resumed: dict = {}
 
     def momentum_at(self, it: int) -> float:
         return self.momentum
@@ -70,30 +71,36 @@ class BaseEMAHook(Hook):
         names = [n for n, _ in module.named_parameters()] if self.skip_buffers else list(module.state_dict())
         return [n for n in names if not n.startswith(PREFIX)]
 
-    def _register(self, module) -> None:
-        """fp32 ``ema_*`` buffers from the current weights (the fp32 model), unless they exist already."""
-        state = module.state_dict(keep_vars=True)
+    def _register(self, module, sources: dict) -> None:
+        """fp32 ``ema_*`` buffers from the fp32 values ``sources[key]``, unless they exist already (resume)."""
         for key in self._keys(module):
             if not hasattr(module, ema_name(key)):
-                value = state[key].detach()
+                value = sources[key].detach()
                 module.register_buffer(ema_name(key), value.float().clone() if value.is_floating_point()
                                        else value.clone())
 
     def before_resume(self, runner, checkpoint: dict) -> None:
-        """Called by the runner before it loads a checkpoint: create the buffers its ``ema_*`` keys fill."""
-        if any(k.split('.')[-1].startswith(PREFIX) for k in checkpoint.get('state_dict', {})):
-            self._register(unwrap_model(runner.model))
+        """Called by the runner before it loads a checkpoint: create the buffers its ``ema_*`` keys fill, and
+        keep their fp32 values, which the fp16 hook's model conversion would round to half."""
+        saved = {k.split('.')[-1]: v for k, v in checkpoint.get('state_dict', {}).items()
+                 if k.split('.')[-1].startswith(PREFIX)}
+        if saved:
+            module = unwrap_model(runner.model)
+            self._register(module, module.state_dict())
+            self._resumed = {name: value.float().clone() if value.is_floating_point() else value.clone()
+                             for name, value in saved.items()}
 
     def before_run(self, runner) -> None:
+        """Pair each state entry with its fp32 source (the master under the fp16 hook) and its average."""
         module = unwrap_model(runner.model)
-        self._register(module)
+        for name, value in self._resumed.items():
+            module.register_buffer(name, value.to(getattr(module, name).device))
+        self._resumed = {}
         masters = _fp32_masters(runner)
         state = module.state_dict(keep_vars=True)
-        self._entries = []
-        for key in self._keys(module):
-            model_tensor = state[key]
-            source = masters.get(id(model_tensor), model_tensor)
-            self._entries.append((model_tensor, source, getattr(module, ema_name(key))))
+        sources = {key: masters.get(id(state[key]), state[key]) for key in self._keys(module)}
+        self._register(module, sources)
+        self._entries = [(state[key], source, getattr(module, ema_name(key))) for key, source in sources.items()]
 
     def after_train_iter(self, runner) -> None:
         if (runner.iter + 1) % self.interval:
