@@ -1,7 +1,10 @@
 """ExpMomentumEMAHook / LinearMomentumEMAHook through tools/train.py: the averages in the saved checkpoints
 equal an EMA computed by hand from the run's fp32 weights, in fp32 and under the fp16 hook (bf16,
 master and autocast modes); evaluation swaps them in and the trained weights come back exactly; a run
-resumed with the hook's resume_from continues the averages."""
+resumed with the hook's resume_from continues the averages. The bf16 master run also writes a
+TensorboardLoggerHook event file, read back with tensorboard's own reader."""
+import glob
+import json
 import math
 import os
 
@@ -57,7 +60,7 @@ def master_run(tmp_path_factory):
         mp.syspath_prepend(folder)
         module = write_recorder(folder, 'ema_master_recorder')
         tb = "log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook'), dict(type='JsonLoggerHook'), " \
-             "dict(type='TensorboardLoggerHook')])\nevaluation = dict(interval=1, metric='bbox')\n"
+             "dict(type='TensorboardLoggerHook')])\nevaluation = dict(interval=2, metric='bbox')\n"
         extra = ema_extra(module, "dict(dtype='bfloat16', mode='master', loss_scale=512.)", 'linear', tb)
         runner, work_dir = train(folder, extra)
         records = user_module(module).RECORDS
@@ -108,3 +111,25 @@ def test_ema_fp32_and_autocast_equal_hand_ema(tmp_path, fp16):
         records = user_module(module).RECORDS
     assert records['model_iters'][0][KEYS[0]].dtype == torch.float32
     check_checkpoint(work_dir, records, exp, 1)
+
+
+def test_tensorboard_event_file_holds_the_logged_scalars(master_run):
+    event_accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+    folder, work_dir, records, runner = master_run
+    events = glob.glob(os.path.join(work_dir, 'tf_logs', 'events.out.tfevents.*'))
+    assert len(events) == 1
+    acc = event_accumulator.EventAccumulator(events[0])
+    acc.Reload()
+    scalars = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()['scalars']}
+    log = [json.loads(line) for line in open(glob.glob(os.path.join(work_dir, '*.log.json'))[0])][1:]
+    train = [r for r in log if r['mode'] == 'train']
+    assert len(train) == 4
+    for r in train:
+        step = (r['epoch'] - 1) * 2 + r['iter']
+        for key in ('loss', 'loss_cls', 'loss_rpn_bbox', 'loss_scale', 'skipped_steps'):
+            assert scalars[f'train/{key}'][step] == pytest.approx(r[key], abs=1e-4), (key, step)
+        assert scalars['learning_rate'][step] == pytest.approx(r['lr'], rel=1e-5)
+    assert set(scalars['train/loss_scale'].values()) == {512.0} and set(scalars['train/skipped_steps'].values()) == {0}
+    val = [r for r in log if r['mode'] == 'val']
+    assert len(val) == 1 and scalars['val/bbox_mAP'] == {4: pytest.approx(val[0]['bbox_mAP'], abs=1e-4)}
+    assert 'val/bbox_mAP_copypaste/text_summary' in acc.Tags()['tensors']
