@@ -193,4 +193,5 @@ def compat_cfg(cfg: Config, path: str) -> Config:
             if model.get(key) is not None:
                 raise ConfigError(f'{path}: {key} is given both at the top level and in model; keep the one in model')
             warnings.warn(f'top-level {key} is deprecated, please specify it in model')
+            model[key] = cfg.pop(key)
     return cfg

@@ -130,7 +130,7 @@ def main(argv=None):
     logger.info('Set random seed to %d, deterministic: %s', seed, args.deterministic)
 
     with config_section(args.config, 'model'):
-        model = build_detector(cfg.model, train_cfg=cfg.get('train_cfg'), test_cfg=cfg.get('test_cfg'))
+        model = build_detector(cfg.model)
     with config_section(args.config, 'data.train'):
         dataset = build_dataset(cfg.data.train)
     model.CLASSES = dataset.CLASSES
