@@ -52,7 +52,11 @@ class WandbLoggerHook(LoggerHook):
         if self.run is None:
             return
         step, tags = self.loggable_tags(runner, record)
-        if self.with_step:
+        if self.with_step and record['mode'] != 'train':
+            # wandb refuses a step that was committed already (the epoch's last train record has it):
+            # val records join the next step, committed with the next train record or at finish
+            self.run.log(tags, commit=False)
+        elif self.with_step:
             self.run.log(tags, step=step, commit=self.commit)
         else:
             self.run.log(dict(tags, global_step=step), commit=self.commit)
