@@ -64,7 +64,7 @@ class CheckInvalidLossHook(Hook):
 
 @HOOKS.register_module()
 class SyncBuffersHook(Hook):
-    """At the end of each epoch, average the model's buffers (BN running stats) over the ranks (mmcv 1.x).
+    """At the end of each (train or val) epoch, average the model's buffers (BN running stats) over the ranks (mmcv 1.x).
 
     Integer buffers (``num_batches_tracked``) are summed and floor-divided, floating ones averaged.
     """
@@ -82,6 +82,8 @@ class SyncBuffersHook(Hook):
                 buffer.div_(world_size)
             else:
                 buffer.floor_divide_(world_size)
+
+    after_val_epoch = after_train_epoch
 
 
 @HOOKS.register_module()
