@@ -130,7 +130,8 @@ def _nodes(value: Any, out: list) -> list:
 
 def _used(value: Any, nodes: list) -> bool:
     """Whether a helper variable's value appears in the runtime sections: as a value, as part of a string
-    (``data_root + 'train/'``) or as the items of a dict (``dict(type='Normalize', **img_norm_cfg)``), or, for a list, each of its elements."""
+    (``data_root + 'train/'``), as the items of a dict (``dict(type='Normalize', **img_norm_cfg)``) or,
+    for a list, element by element."""
     for node in nodes:
         if type(node) is type(value) and node == value:
             return True

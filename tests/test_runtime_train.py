@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from helpers.runtime import load_train_tool, train, write_recorder
+from helpers.runtime import load_train_tool, train
 from mixprec.engine import NonFiniteLossError
 from mixprec.registry import ConfigError
 

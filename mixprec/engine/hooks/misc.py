@@ -64,7 +64,7 @@ class CheckInvalidLossHook(Hook):
 
 @HOOKS.register_module()
 class SyncBuffersHook(Hook):
-    """At the end of each (train or val) epoch, average the model's buffers (BN running stats) over the ranks (mmcv 1.x).
+    """After each (train or val) epoch, average the model's buffers (BN running stats) over the ranks (mmcv 1.x).
 
     Integer buffers (``num_batches_tracked``) are summed and floor-divided, floating ones averaged.
     """

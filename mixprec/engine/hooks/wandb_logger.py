@@ -17,7 +17,8 @@ def import_wandb(hook: str):
     try:
         import wandb
     except ImportError:
-        raise ConfigError(f'{hook} needs the wandb package: pip install wandb (or pip install "mixprec[wandb]")') from None
+        raise ConfigError(f'{hook} needs the wandb package: pip install wandb '
+                          '(or pip install "mixprec[wandb]")') from None
     return wandb
 
 
