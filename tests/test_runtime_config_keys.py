@@ -76,3 +76,14 @@ def test_compat_cfg_deprecated_spellings():
         compat_cfg(Config(dict(total_epochs=4, runner=dict(max_epochs=12))), 'cfg.py')
     with pytest.raises(ConfigError, match='train_cfg is given both at the top level and in model'):
         compat_cfg(Config(dict(train_cfg=dict(a=1), model=dict(train_cfg=dict(a=2)))), 'cfg.py')
+
+
+@pytest.mark.skipif(not os.path.isdir(MMDET_CONFIGS), reason='the mmdetection 2.28 wheel is not unpacked')
+def test_mmdet_default_runtime_is_acted_on():
+    """Every key of mmdet v2.28's default_runtime.py is a runtime key, and each of its hooks builds."""
+    from mixprec.config import RUNTIME_KEYS
+    from mixprec.registry import HOOKS
+    cfg = Config.fromfile(os.path.join(MMDET_CONFIGS, '_base_', 'default_runtime.py'))
+    assert set(cfg) <= RUNTIME_KEYS
+    hooks = [HOOKS.build(h) for h in cfg.custom_hooks + cfg.log_config.hooks]
+    assert [type(h).__name__ for h in hooks] == ['NumClassCheckHook', 'TextLoggerHook']
