@@ -81,6 +81,7 @@ def test_compat_cfg_deprecated_spellings():
 @pytest.mark.skipif(not os.path.isdir(MMDET_CONFIGS), reason='the mmdetection 2.28 wheel is not unpacked')
 def test_mmdet_default_runtime_is_acted_on():
     """Every key of mmdet v2.28's default_runtime.py is a runtime key, and each of its hooks builds."""
+    import mixprec.engine  # noqa: F401  (registers the hooks)
     from mixprec.config import RUNTIME_KEYS
     from mixprec.registry import HOOKS
     cfg = Config.fromfile(os.path.join(MMDET_CONFIGS, '_base_', 'default_runtime.py'))
