@@ -40,7 +40,8 @@ def fp32_run(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp('runtime'))
     try:
         import wandb  # noqa: F401
-        wandb_hooks = "wandb = [dict(type='WandbLoggerHook', init_kwargs=dict(mode='offline', project='mixprec'))]"
+        wandb_hooks = ("wandb = [dict(type='MMDetWandbHook', init_kwargs=dict(mode='offline', project='mixprec'), "
+                       "interval=1, num_eval_images=0, log_checkpoint=True, log_checkpoint_metadata=True)]")
     except ImportError:
         wandb_hooks = 'wandb = []'
     calls = []
@@ -84,7 +85,7 @@ def test_misc_hooks_ran(fp32_run):
 
 
 @pytest.mark.slow
-def test_wandb_offline_run(fp32_run):
+def test_mmdet_wandb_hook_offline_run(fp32_run):
     runner, work_dir, _, with_wandb = fp32_run
     if not with_wandb:
         pytest.skip('wandb is not installed')
@@ -95,6 +96,7 @@ def test_wandb_offline_run(fp32_run):
     for key in (b'train/loss', b'train/loss_cls', b'learning_rate', b'val/loss', b'val/loss_cls'):
         assert key in data, key
     assert b'artifacts' in data and b'.log.json' in data  # the log files as an artifact at the end
+    assert b'epoch_1.pth' in data and b'epoch_2.pth' in data and b'current_epoch' in data  # log_checkpoint(_metadata)
 
 
 def test_check_invalid_loss_hook_stops_with_one_line(tmp_path):
