@@ -24,5 +24,11 @@ setup(
         'tqdm>=4.60',
         'matplotlib>=3.5',
     ],
-    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2'], 'eval': ['faster-coco-eval>=1.6']},
+    extras_require={
+        'test': ['pytest>=7', 'pytest-timeout>=2', 'tensorboard>=2.10'],
+        'eval': ['faster-coco-eval>=1.6'],
+        'tensorboard': ['tensorboard>=2.10'],
+        'wandb': ['wandb>=0.15'],
+        'memory': ['psutil>=5.9', 'memory_profiler>=0.61'],
+    },
 )

@@ -1,16 +1,19 @@
 """Reading config files (``mmengine.Config``) with one-line errors, and checking the training keys."""
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import warnings
 from numbers import Number
-from typing import Optional
+from typing import Any, Optional
 
 from mmengine import Config, DictAction
 
 from .registry import ConfigError
 
-__all__ = ['Config', 'DictAction', 'load_config', 'check_train_config']
+__all__ = ['Config', 'DictAction', 'load_config', 'check_train_config', 'compat_cfg', 'check_top_level_keys',
+           'RUNTIME_KEYS', 'UNSUPPORTED_KEYS']
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
@@ -105,3 +108,110 @@ def _check_runner_type(runner: dict, path: str) -> None:
 
 def config_name(path: str) -> str:
     return re.sub(r'\.py$', '', os.path.basename(path))
+
+
+# Top-level keys of mmdetection v2.28 / mmcv 1.x configs that mixprec acts on (plus its own cpu_threads).
+RUNTIME_KEYS = frozenset({
+    'model', 'data', 'optimizer', 'optimizer_config', 'lr_config', 'momentum_config', 'runner', 'total_epochs',
+    'checkpoint_config', 'log_config', 'custom_hooks', 'custom_imports', 'evaluation', 'fp16', 'workflow',
+    'dist_params', 'log_level', 'load_from', 'resume_from', 'auto_resume', 'work_dir', 'gpu_ids', 'seed',
+    'opencv_num_threads', 'mp_start_method', 'auto_scale_lr', 'find_unused_parameters', 'cudnn_benchmark',
+    'train_cfg', 'test_cfg', 'cpu_threads', 'trusted_checkpoint',
+})
+# Keys mmdet knows (or that belong in a section) that mixprec refuses, with what to do instead.
+UNSUPPORTED_KEYS = {
+    'device': 'mixprec picks the device itself (CUDA when available, else the CPU); use --gpu-id',
+    'rfsearch_cfg': 'RF-Next receptive-field search is not supported',
+    'samples_per_gpu': 'it belongs in data = dict(samples_per_gpu=...)',
+    'workers_per_gpu': 'it belongs in data = dict(workers_per_gpu=...)',
+    'imgs_per_gpu': 'it belongs in data = dict(samples_per_gpu=...)',
+    'persistent_workers': 'it belongs in data = dict(persistent_workers=...)',
+}
+_NEAR_MISS = 0.85
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDicts as dicts and tuples as lists, recursively, so values compare by content."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _nodes(value: Any, out: list) -> list:
+    out.append(value)
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        _nodes(child, out)
+    return out
+
+
+def _used(value: Any, nodes: list) -> bool:
+    """Whether a helper variable's value appears in the runtime sections: as a value, as part of a string
+    (``data_root + 'train/'``), as the items of a dict (``dict(type='Normalize', **img_norm_cfg)``) or,
+    for a list, element by element."""
+    for node in nodes:
+        if type(node) is type(value) and node == value:
+            return True
+        if isinstance(value, str) and isinstance(node, str) and value in node:
+            return True
+        if isinstance(value, dict) and isinstance(node, dict) and value and all(
+                k in node and node[k] == v for k, v in value.items()):
+            return True
+        if isinstance(value, Number) and isinstance(node, Number) and not isinstance(node, bool) and node == value:
+            return True
+    return isinstance(value, list) and bool(value) and all(_used(v, nodes) for v in value)
+
+
+def check_top_level_keys(cfg: Config, path: str) -> None:
+    """Refuse, with one line naming it, a top-level key that nothing acts on.
+
+    The rule: a key is either one of RUNTIME_KEYS (acted on), or refused when it is in
+    UNSUPPORTED_KEYS, ends in ``_config`` (mmcv's naming of runtime sections) or is a near-miss of a
+    runtime key (``lr_confg``); any other key is a helper variable (``dataset_type``, ``data_root``,
+    ``img_norm_cfg``, ``train_pipeline``...) and must be used: its value must appear inside the
+    runtime sections. A helper whose value appears nowhere changed nothing, and is refused too.
+    """
+    plain = _plain(cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg))
+    nodes: list = []
+    for key in RUNTIME_KEYS & set(plain):
+        _nodes(plain[key], nodes)
+    for key, value in plain.items():
+        if key in RUNTIME_KEYS:
+            continue
+        if key in UNSUPPORTED_KEYS:
+            raise ConfigError(f'{path}: config key {key!r} is not supported: {UNSUPPORTED_KEYS[key]}')
+        close = difflib.get_close_matches(key, sorted(RUNTIME_KEYS), n=1, cutoff=_NEAR_MISS)
+        if close or key.endswith('_config'):
+            hint = f'did you mean {close[0]!r}?' if close else 'mixprec does not act on it'
+            raise ConfigError(f'{path}: unknown config key {key!r}: {hint}')
+        if not _used(value, nodes):
+            raise ConfigError(f'{path}: config key {key!r} is not a key mixprec acts on, and its value is used by '
+                              f'none of them (a misspelling, a setting in the wrong place, or an unsupported key)')
+
+
+def compat_cfg(cfg: Config, path: str) -> Config:
+    """mmdetection v2's deprecated spellings, accepted with a warning as mmdet did (compat_cfg)."""
+    data = cfg.get('data')
+    if isinstance(data, dict) and 'imgs_per_gpu' in data:
+        if 'samples_per_gpu' in data and data.samples_per_gpu != data.imgs_per_gpu:
+            warnings.warn(f'Got "imgs_per_gpu"={data.imgs_per_gpu} and "samples_per_gpu"={data.samples_per_gpu}, '
+                          f'"imgs_per_gpu"={data.imgs_per_gpu} is used in this experiment')
+        warnings.warn('"imgs_per_gpu" is deprecated. Please use "samples_per_gpu" instead')
+        data.samples_per_gpu = data.pop('imgs_per_gpu')
+    if 'total_epochs' in cfg:
+        if cfg.get('runner') is None:
+            warnings.warn('config is using total_epochs; please use runner = dict(type=..., max_epochs=...)')
+            cfg.runner = dict(type='EpochBasedRunner', max_epochs=cfg.total_epochs)
+        elif cfg.runner.get('max_epochs') != cfg.total_epochs:
+            raise ConfigError(f'{path}: total_epochs ({cfg.total_epochs}) and runner.max_epochs '
+                              f'({cfg.runner.get("max_epochs")}) differ; keep only runner')
+    model = cfg.get('model') or {}
+    for key in ('train_cfg', 'test_cfg'):
+        if cfg.get(key) is not None:
+            if model.get(key) is not None:
+                raise ConfigError(f'{path}: {key} is given both at the top level and in model; keep the one in model')
+            warnings.warn(f'top-level {key} is deprecated, please specify it in model')
+            model[key] = cfg.pop(key)
+    return cfg

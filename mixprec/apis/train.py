@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import hashlib
+import multiprocessing as mp
 import os
 import random
 import re
@@ -104,6 +106,67 @@ def _optimizer_hook_cfg(cfg: Config, distributed: bool) -> dict:
     return optimizer_config
 
 
+def auto_scale_lr(cfg: Config, distributed: bool, logger) -> None:
+    """mmdet v2.28's linear scaling: with ``auto_scale_lr.enable``, ``optimizer.lr *= batch / base_batch_size``,
+    batch = number of GPUs (processes) * samples_per_gpu."""
+    settings = cfg.get('auto_scale_lr') or {}
+    if not settings.get('enable', False):
+        logger.info('Automatic scaling of learning rate (LR) has been disabled.')
+        return
+    base = settings.get('base_batch_size')
+    if base is None:
+        raise ConfigError(f'{cfg.filename or "config"}: auto_scale_lr is enabled but has no base_batch_size')
+    num_gpus = get_dist_info()[1] if distributed else len(cfg.get('gpu_ids') or [0])
+    samples_per_gpu = cfg.data.samples_per_gpu
+    batch_size = num_gpus * samples_per_gpu
+    logger.info('Training with %d GPU(s) with %d samples per GPU. The total batch size is %d.',
+                num_gpus, samples_per_gpu, batch_size)
+    if batch_size != base:
+        scaled = batch_size / base * cfg.optimizer.lr
+        logger.info('LR has been automatically scaled from %s to %s', cfg.optimizer.lr, scaled)
+        cfg.optimizer.lr = scaled
+    else:
+        logger.info('The batch size matches the base batch size %d; the LR (%s) is not scaled.', base, cfg.optimizer.lr)
+
+
+def _workflow(cfg: Config, by_epoch: bool) -> list:
+    """``cfg.workflow`` checked: ``[('train', n), ('val', m), ...]``, at least one train phase, val only by epoch."""
+    path = cfg.filename or 'config'
+    workflow = cfg.get('workflow') or [('train', 1)]
+    ok = isinstance(workflow, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and p[0] in ('train', 'val') and isinstance(p[1], int)
+        and not isinstance(p[1], bool) and p[1] >= 1 for p in workflow)
+    if not ok or not any(p[0] == 'train' for p in workflow):
+        raise ConfigError(f"{path}: workflow must be a list such as [('train', 1), ('val', 1)] with at least one "
+                          f"train phase and epoch counts >= 1, got {workflow!r}")
+    if not by_epoch and any(p[0] == 'val' for p in workflow):
+        raise ConfigError(f"{path}: workflow {workflow!r}: val epochs need an epoch-based runner (runner.max_epochs)")
+    return [tuple(p) for p in workflow]
+
+
+def _val_loss_dataset(cfg: Config, path: str):
+    """``data.val`` with the training pipeline and annotations (mmdet's tools/train.py for a 'val' workflow)."""
+    val_cfg = copy.deepcopy(dict(cfg.data.val))
+    val_cfg.pop('samples_per_gpu', None)
+    val_cfg['pipeline'] = cfg.data.train.get('pipeline', cfg.data.train.get('dataset', {}).get('pipeline'))
+    val_cfg['test_mode'] = False
+    with config_section(path, 'data.val (workflow val epochs)'):
+        return build_dataset(val_cfg)
+
+
+def _select_device(cfg: Config, distributed: bool) -> torch.device:
+    """CUDA (``gpu_ids[0]`` when not distributed, as mmdet v2.28's single-GPU training) or the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device('cpu')
+    gpu_ids = list(cfg.get('gpu_ids') or [])
+    if not distributed and gpu_ids:
+        if len(gpu_ids) > 1 or not 0 <= gpu_ids[0] < torch.cuda.device_count():
+            raise ConfigError(f'gpu_ids {gpu_ids}: non-distributed training uses one GPU among '
+                              f'{torch.cuda.device_count()}; use tools/dist_train.sh for several')
+        torch.cuda.set_device(gpu_ids[0])
+    return torch.device('cuda', torch.cuda.current_device())
+
+
 def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = False, validate: bool = False,
                    timestamp: Optional[str] = None, meta: Optional[dict] = None,
                    config_dump: Optional[str] = None) -> Runner:
@@ -114,14 +177,26 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
     """
     path = cfg.filename or 'config'
     logger = get_logger(log_level=cfg.get('log_level', 'INFO'))
-    if isinstance(dataset, (list, tuple)):
-        dataset = dataset[0]
+    datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
+    workflow = _workflow(cfg, 'max_epochs' in cfg.runner)
+    wants_val = any(mode == 'val' for mode, _ in workflow)
+    if len(datasets) > 2 or (len(datasets) == 2 and not wants_val):
+        raise ConfigError(f'{path}: train_detector got {len(datasets)} datasets for workflow {workflow}; '
+                          'pass the training dataset (and a val-loss dataset for a val phase)')
+    dataset = datasets[0]
     data_cfg = cfg.data
     loader = build_dataloader(dataset, data_cfg.samples_per_gpu, data_cfg.get('workers_per_gpu', 0), dist=distributed,
                               seed=cfg.get('seed'), persistent_workers=data_cfg.get('persistent_workers', False))
 
-    device = torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+    val_loss_loader = None
+    if wants_val:
+        val_dataset = datasets[1] if len(datasets) == 2 else _val_loss_dataset(cfg, path)
+        val_loss_loader = build_dataloader(val_dataset, data_cfg.samples_per_gpu, data_cfg.get('workers_per_gpu', 0),
+                                           dist=distributed, shuffle=False)
+
+    device = _select_device(cfg, distributed)
     model = model.to(device)
+    auto_scale_lr(cfg, distributed, logger)
     with config_section(path, 'optimizer'):
         optimizer = build_optimizer(model, cfg.optimizer)
     if distributed:
@@ -151,7 +226,8 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
             runner.register_hook(hook_cls(val_loader, **eval_cfg), priority='LOW')
 
     trusted = bool(cfg.get('trusted_checkpoint', False))
-    resume_from = cfg.get('resume_from')
+    resume_from = cfg.get('resume_from') or next(
+        (h.resume_from for h in runner.hooks if getattr(h, 'resume_from', None)), None)
     if resume_from is None and cfg.get('auto_resume'):
         if runner.rank == 0:
             remove_partial_checkpoints(cfg.work_dir, logger)
@@ -164,12 +240,14 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
         runner.load_checkpoint(cfg.load_from, trusted=trusted)
     if config_dump and runner.rank == 0:
         cfg.dump(config_dump)
-    runner.run(loader)
+    runner.run(loader, workflow, val_loss_loader)
     return runner
 
 
 def setup_threads(cfg: Config) -> None:
-    """Thread counts for a CPU-friendly run (mmdetection's ``opencv_num_threads``, plus ``cpu_threads``).
+    """Threads and processes for a CPU-friendly run: mmdetection's ``opencv_num_threads`` and
+    ``mp_start_method`` (set only when the config has it; mmdet's default runtime says 'fork'), plus
+    ``cpu_threads``.
 
     OpenCV's own pool is off (``opencv_num_threads=0``) so data workers don't oversubscribe the cores;
     ``cpu_threads`` sets torch's intra-op threads. On a small CPU shared with data workers, more
@@ -180,3 +258,13 @@ def setup_threads(cfg: Config) -> None:
     threads = cfg.get('cpu_threads')
     if threads is not None:
         torch.set_num_threads(int(threads))
+    start_method = cfg.get('mp_start_method')
+    if start_method is None:
+        return
+    if start_method not in mp.get_all_start_methods():
+        raise ConfigError(f'{cfg.filename or "config"}: mp_start_method must be one of '
+                          f'{mp.get_all_start_methods()}, got {start_method!r}')
+    if mp.get_start_method(allow_none=True) not in (None, start_method):
+        get_logger().warning('multiprocessing start method was %s; setting it to %s (mp_start_method)',
+                             mp.get_start_method(allow_none=True), start_method)
+    mp.set_start_method(start_method, force=True)

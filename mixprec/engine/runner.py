@@ -32,7 +32,8 @@ from .log_buffer import LogBuffer
 from .rng import get_rng_state, set_rng_state
 
 HOOK_STAGES = ('before_run', 'before_train_epoch', 'before_train_iter', 'after_train_iter',
-               'after_train_epoch', 'before_val_epoch', 'after_val_epoch', 'after_run')
+               'after_train_epoch', 'before_val_epoch', 'before_val_iter', 'after_val_iter', 'after_val_epoch',
+               'after_run')
 
 
 class TrainingInterrupted(Exception):
@@ -135,6 +136,8 @@ class Runner:
         self.log_buffer = LogBuffer()
         self.outputs: dict = {}
         self.data_loader: Optional[DataLoader] = None
+        self.val_data_loader: Optional[DataLoader] = None
+        self.mode = 'train'
         self.rank, self.world_size = get_dist_info()
         self._stop_signal: Optional[int] = None
         self._after_iter = False
@@ -243,9 +246,16 @@ class Runner:
                 hook.log_val(self, metrics)
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, data_loader: DataLoader) -> None:
-        """Train until ``max_epochs`` or ``max_iters``; SIGINT/SIGTERM save a checkpoint and stop."""
+    def run(self, data_loader: DataLoader, workflow: Optional[list] = None,
+            val_data_loader: Optional[DataLoader] = None) -> None:
+        """Train until ``max_epochs`` or ``max_iters``; SIGINT/SIGTERM save a checkpoint and stop.
+
+        ``workflow``: mmcv 1.x's ``[('train', n), ('val', m)]`` (epoch-based): n train epochs, then m
+        val-loss epochs on ``val_data_loader``, repeated.
+        """
         self.data_loader = data_loader
+        self.val_data_loader = val_data_loader
+        phases = list(workflow or [('train', 1)])
         if len(data_loader) == 0:
             raise ValueError('the training data loader is empty: no batches to train on')
         if self.by_epoch:
@@ -258,7 +268,12 @@ class Runner:
         try:
             self.call_hook('before_run')
             while self._iter < self._max_iters:
-                self._train_epoch()
+                for mode, epochs in phases:
+                    for _ in range(epochs):
+                        if mode == 'val':
+                            self._val_epoch()
+                        elif self._iter < self._max_iters:
+                            self._train_epoch()
             self.call_hook('after_run')
         finally:
             self._restore_signal_handlers(previous)
@@ -285,6 +300,21 @@ class Runner:
         if self._inner_iter == len(self.data_loader):
             self.call_hook('after_train_epoch')
             self._epoch += 1
+
+    @torch.no_grad()
+    def _val_epoch(self) -> None:
+        """One pass of the losses over ``val_data_loader`` in eval mode, no gradient (mmcv's ``val``)."""
+        self.mode = 'val'
+        self.model.eval()
+        self.log_buffer.clear()
+        self.call_hook('before_val_epoch')
+        for data_batch in self.val_data_loader:
+            self.call_hook('before_val_iter')
+            self._run_iter(data_batch)
+            self.call_hook('after_val_iter')
+        self.call_hook('after_val_epoch')
+        self.log_buffer.clear()
+        self.mode = 'train'
 
     def _run_iter(self, data_batch: dict) -> None:
         data_batch = move_to_device(data_batch, self.device)
@@ -384,6 +414,9 @@ class Runner:
         if not isinstance(checkpoint, dict) or not {'meta', 'state_dict'} <= set(checkpoint):
             raise CheckpointError(f'{filename} is not a training checkpoint (no meta and state_dict); '
                                   f'use load_from to start from its weights')
+        for hook in self._hooks:
+            if hasattr(hook, 'before_resume'):
+                hook.before_resume(self, checkpoint)
         load_state_dict(self.model, checkpoint['state_dict'], strict=True, logger=self.logger, source=filename)
         meta = checkpoint.get('meta', {})
         self._epoch, self._iter = meta.get('epoch', 0), meta.get('iter', 0)

@@ -2,13 +2,22 @@
 from __future__ import annotations
 
 import os.path as osp
+from typing import Optional
 
 import mmcv
 import numpy as np
 
-from mixprec.registry import TRANSFORMS
+from mixprec.registry import TRANSFORMS, ConfigError
 from ..errors import MissingImageError, UnreadableImageError
 from ..masks import PolygonMasks, decode_masks
+
+
+def check_file_client(transform: str, file_client_args: Optional[dict]) -> None:
+    """mmcv's FileClient argument: only the local disk (``dict(backend='disk')``) is supported."""
+    if file_client_args is None or dict(file_client_args) == {'backend': 'disk'}:
+        return
+    raise ConfigError(f"{transform}: file_client_args={dict(file_client_args)!r} is not supported; "
+                      f"images and annotations are read from the local disk: dict(backend='disk')")
 
 
 @TRANSFORMS.register_module()
@@ -20,7 +29,9 @@ class LoadImageFromFile:
     :class:`UnreadableImageError`, both naming the file.
     """
 
-    def __init__(self, to_float32: bool = False, color_type: str = 'color') -> None:
+    def __init__(self, to_float32: bool = False, color_type: str = 'color',
+                 file_client_args: Optional[dict] = None) -> None:
+        check_file_client(type(self).__name__, file_client_args)
         self.to_float32 = to_float32
         self.color_type = color_type
 
@@ -57,7 +68,8 @@ class LoadAnnotations:
     with ``poly2mask=False`` the polygons as :class:`PolygonMasks` (mmdetection v2)."""
 
     def __init__(self, with_bbox: bool = True, with_label: bool = True, with_mask: bool = False,
-                 poly2mask: bool = True) -> None:
+                 poly2mask: bool = True, file_client_args: Optional[dict] = None) -> None:
+        check_file_client(type(self).__name__, file_client_args)
         self.with_bbox = with_bbox
         self.with_label = with_label
         self.with_mask = with_mask

@@ -43,6 +43,25 @@ class LoggerHook(Hook):
         record.update(metrics)
         self.write(runner, record)
 
+    def after_val_epoch(self, runner) -> None:
+        """A val-loss epoch of ``workflow = [('train', 1), ('val', 1)]``: one ``mode='val'`` record (mmcv 1.x)."""
+        runner.log_buffer.average()
+        record = OrderedDict(mode='val', epoch=runner.epoch, iter=len(runner.val_data_loader), lr=runner.current_lr())
+        record.update(runner.log_buffer.output)
+        self.write(runner, record)
+
+    def loggable_tags(self, runner, record: OrderedDict) -> tuple[int, dict]:
+        """(global step, ``{'train/loss': ..., 'learning_rate': ..., 'momentum': ...}``) as mmcv's loggers tag them."""
+        mode = record['mode']
+        step = runner.iter + 1 if mode == 'train' else runner.iter
+        skip = {'mode', 'epoch', 'iter', 'lr', 'memory', 'time', 'data_time'}
+        tags = {f'{mode}/{k}': v for k, v in record.items() if k not in skip}
+        tags['learning_rate'] = record['lr']
+        group = runner.optimizer.param_groups[0]
+        if 'momentum' in group or 'betas' in group:
+            tags['momentum'] = group.get('momentum', group.get('betas', (0,))[0])
+        return step, tags
+
     def train_record(self, runner) -> OrderedDict:
         record = OrderedDict(mode='train', epoch=runner.epoch + 1,
                              iter=runner.inner_iter + 1 if self.by_epoch else runner.iter + 1,
