@@ -8,6 +8,7 @@ run. When pytest runs from another folder, new entries in that folder fail the s
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 
@@ -77,3 +78,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def mixprec_logger_propagates():
+    """Tools run in-process (``tools/train.py``'s ``main``) set the 'mixprec' logger not to propagate,
+    which would hide its records from ``caplog`` in every later test; each test starts with it on."""
+    logging.getLogger('mixprec').propagate = True
+

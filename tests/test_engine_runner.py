@@ -20,7 +20,8 @@ def seed_all(seed):
     np.random.seed(seed)
 
 
-def make_runner(work_dir, max_epochs=4, lr_config=None, seed=0, max_keep_ckpts=-1, max_iters=None, **hooks_kw):
+def make_runner(work_dir, max_epochs=4, lr_config=None, seed=0, max_keep_ckpts=-1, max_iters=None,
+                log_config=LOG_CONFIG, **hooks_kw):
     torch.manual_seed(seed)
     model = ToyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -30,7 +31,7 @@ def make_runner(work_dir, max_epochs=4, lr_config=None, seed=0, max_keep_ckpts=-
         lr_config=lr_config or dict(policy='step', step=[3]),
         optimizer_config=dict(grad_clip=None),
         checkpoint_config=dict(interval=1, max_keep_ckpts=max_keep_ckpts, by_epoch=max_iters is None),
-        log_config=LOG_CONFIG, **hooks_kw)
+        log_config=log_config, **hooks_kw)
     return runner
 
 
@@ -64,6 +65,19 @@ def test_loop_trains_and_logs(tmp_path):
     assert [r['iter'] for r in train[:4]] == [1, 2, 3, 1] and train[3]['epoch'] == 2
     assert sorted(os.listdir(tmp_path)) == sorted(
         [f'epoch_{i}.pth' for i in range(1, 7)] + ['latest.pth', f'{runner.timestamp}.log.json'])
+
+
+def test_text_logger_alone_writes_the_json_log(tmp_path):
+    """mmdetection's configs list only TextLoggerHook; as mmcv's, it writes log.json too (once)."""
+    records = {}
+    for name, hooks in (('both', LOG_CONFIG['hooks']), ('text', [dict(type='TextLoggerHook')])):
+        runner = make_runner(tmp_path / name, max_epochs=2, log_config=dict(interval=1, hooks=hooks))
+        seed_all(1)
+        runner.run(toy_loader())
+        lines = [json.loads(line) for line in open(tmp_path / name / f'{runner.timestamp}.log.json')]
+        records[name] = [{k: v for k, v in r.items() if k not in ('time', 'data_time', 'memory')} for r in lines]
+    assert len(records['text']) == 1 + 6
+    assert records['text'] == records['both']
 
 
 def test_lr_warmup_and_steps_match_hand_values(tmp_path):

@@ -82,6 +82,10 @@ class MasterParams:
                 optimizer.state[master] = optimizer.state.pop(old)
 
     @torch.no_grad()
+    def fp32_copies(self) -> dict[int, torch.Tensor]:
+        """``{id(model parameter): its fp32 copy}``: the optimizer's masters and the frozen parameters' copies."""
+        return dict(self._master_of)
+
     def load_into_masters(self, module: nn.Module, state_dict: dict, prefix: str) -> None:
         """Before ``module`` loads its own parameters: the incoming fp32 values into the masters."""
         for name, param in module._parameters.items():

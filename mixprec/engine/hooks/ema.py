@@ -33,9 +33,7 @@ def _fp32_masters(runner) -> dict:
     for hook in runner.hooks:
         masters = getattr(hook, '_masters', None)
         if masters is not None:
-            out = {id(p): m for p, m in zip(masters.model_params, masters.params)}
-            out.update(masters.frozen)
-            return out
+            return masters.fp32_copies()
     return {}
 
 

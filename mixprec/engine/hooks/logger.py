@@ -75,12 +75,22 @@ class LoggerHook(Hook):
 
 @HOOKS.register_module()
 class TextLoggerHook(LoggerHook):
-    """``Epoch [e][i/n]\\tlr: ..., eta: ..., time: ..., data_time: ..., memory: ..., loss_x: ...``"""
+    """``Epoch [e][i/n]\\tlr: ..., eta: ..., time: ..., data_time: ..., memory: ..., loss_x: ...``
+
+    As mmcv 1.x's, it also writes ``{timestamp}.log.json`` (mmdetection's configs list only this
+    hook and expect the json log); when a :class:`JsonLoggerHook` is registered too, that one writes it.
+    """
 
     def before_run(self, runner) -> None:
         self.start_iter = runner.iter
+        self._json = None
+        if not any(isinstance(hook, JsonLoggerHook) for hook in runner.hooks):
+            self._json = JsonLoggerHook(self.interval, self.ignore_last, self.by_epoch)
+            self._json.before_run(runner)
 
     def write(self, runner, record: OrderedDict) -> None:
+        if self._json is not None:
+            self._json.write(runner, record)
         if record['mode'] == 'val':
             items = ', '.join(f'{k}: {_fmt(v)}' for k, v in record.items() if k not in ('mode', 'epoch', 'iter', 'lr'))
             if self.by_epoch:
