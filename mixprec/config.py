@@ -164,8 +164,11 @@ def _used(value: Any, nodes: list) -> bool:
     return isinstance(value, list) and bool(value) and all(_used(v, nodes) for v in value)
 
 
-def check_top_level_keys(cfg: Config, path: str) -> None:
+def check_top_level_keys(cfg: Config, path: str, cfg_options: Optional[dict] = None) -> None:
     """Refuse, with one line naming it, a top-level key that nothing acts on.
+
+    ``cfg`` is the file as written (before ``--cfg-options``, which may rewrite the sections that use
+    a helper variable); a ``cfg_options`` key must set a runtime key or a key the file has.
 
     The rule: a key is either one of RUNTIME_KEYS (acted on), or refused when it is in
     UNSUPPORTED_KEYS, ends in ``_config`` (mmcv's naming of runtime sections) or is a near-miss of a
@@ -189,6 +192,12 @@ def check_top_level_keys(cfg: Config, path: str) -> None:
         if not _used(value, nodes):
             raise ConfigError(f'{path}: config key {key!r} is not a key mixprec acts on, and its value is used by '
                               f'none of them (a misspelling, a setting in the wrong place, or an unsupported key)')
+    for option in cfg_options or {}:
+        key = option.split('.')[0]
+        if key not in RUNTIME_KEYS and key not in plain:
+            close = difflib.get_close_matches(key, sorted(RUNTIME_KEYS | set(plain)), n=1, cutoff=_NEAR_MISS)
+            hint = f'did you mean {close[0]!r}?' if close else 'neither a runtime key nor a key of the config'
+            raise ConfigError(f'--cfg-options {option}: unknown config key {key!r}: {hint}')
 
 
 def compat_cfg(cfg: Config, path: str) -> Config:

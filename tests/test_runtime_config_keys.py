@@ -63,6 +63,23 @@ def test_misspelled_key_stops_train_py_before_training(tmp_path):
     assert not os.path.exists(os.path.join(str(tmp_path), 'work', 'epoch_1.pth'))
 
 
+def test_cfg_options_are_checked_against_the_file_as_written():
+    """--cfg-options may rewrite the section that uses a helper (the helper stays accepted), but a
+    top-level key it names must be a runtime key or one of the file's."""
+    cfg = Config.fromstring('model = dict(type="X")\ndata_root = "data/"\n'
+                            'data = dict(train=dict(ann_file=data_root + "a.json"))\n', '.py')
+    check_top_level_keys(cfg, 'cfg.py', {'data.train.ann_file': 'other.json', 'lr_config.step': [1]})
+    with pytest.raises(ConfigError, match=r"--cfg-options lr_confg\.step: unknown config key 'lr_confg': "
+                                          r"did you mean 'lr_config'\?"):
+        check_top_level_keys(cfg, 'cfg.py', {'lr_confg.step': [1]})
+
+
+def test_misspelled_cfg_option_stops_train_py(tmp_path):
+    with pytest.raises(ConfigError, match=r"--cfg-options optimzer\.lr=0\.1|unknown config key 'optimzer'"):
+        train(str(tmp_path), '', '--cfg-options', 'optimzer.lr=0.1')
+    assert not os.path.exists(os.path.join(str(tmp_path), 'work', 'epoch_1.pth'))
+
+
 def test_compat_cfg_deprecated_spellings():
     cfg = Config(dict(data=dict(imgs_per_gpu=3, samples_per_gpu=2), total_epochs=4))
     with warnings.catch_warnings(record=True) as caught:

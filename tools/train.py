@@ -92,9 +92,9 @@ def env_info() -> str:
 def main(argv=None):
     """Parse ``argv``, train, and return the Runner after the run (for in-process callers)."""
     args = parse_args(argv)
+    check_top_level_keys(compat_cfg(load_config(args.config), args.config), args.config, args.cfg_options)
     cfg = load_config(args.config, args.cfg_options)
     compat_cfg(cfg, args.config)
-    check_top_level_keys(cfg, args.config)
     check_train_config(cfg, args.config)
     if args.auto_scale_lr:
         enable_auto_scale_lr(cfg)

@@ -86,6 +86,7 @@ class MasterParams:
         """``{id(model parameter): its fp32 copy}``: the optimizer's masters and the frozen parameters' copies."""
         return dict(self._master_of)
 
+    @torch.no_grad()
     def load_into_masters(self, module: nn.Module, state_dict: dict, prefix: str) -> None:
         """Before ``module`` loads its own parameters: the incoming fp32 values into the masters."""
         for name, param in module._parameters.items():
