@@ -1,9 +1,11 @@
 """NumClassCheckHook through tools/train.py, SyncBuffersHook over two gloo processes, and the one-line
 errors of the hooks whose optional packages are missing."""
+import glob
 import os
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -99,7 +101,37 @@ def test_missing_logger_package_through_train_py(tmp_path, monkeypatch):
         train(str(tmp_path), extra, epochs=1, num_train=2)
 
 
-def test_mmdet_wandb_prediction_tables_are_refused():
-    with pytest.raises(ConfigError, match=r'MMDetWandbHook: num_eval_images=100 \(tables of predictions\) is not '
-                                          r'supported by mixprec; set num_eval_images=0'):
-        HOOKS.build(dict(type='MMDetWandbHook'))
+def test_mmdet_wandb_prediction_rows_follow_the_results():
+    """The rows of the prediction table: boxes above bbox_score_thr, 1-based class ids, masks as a class map."""
+    from pycocotools import mask as mask_utils
+    from mixprec.engine.hooks.wandb_logger import flat_predictions, wandb_boxes, wandb_masks
+    masks = np.zeros((3, 6, 8), dtype=np.uint8)
+    masks[0, :2, :2] = masks[1, 3:, 4:] = masks[2, 1, 1] = 1
+    rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+    result = ([np.array([[0, 0, 2, 2, 0.9]], np.float32),
+               np.array([[4, 3, 8, 6, 0.5], [1, 1, 2, 2, 0.2]], np.float32)], [[rles[0]], [rles[1], rles[2]]])
+    bboxes, labels, kept = flat_predictions(result, score_thr=0.3)
+    assert bboxes.tolist() == [[0, 0, 2, 2, pytest.approx(0.9)], [4, 3, 8, 6, 0.5]] and labels.tolist() == [0, 1]
+    assert np.array_equal(kept, masks[:2])
+    boxes = wandb_boxes(bboxes, labels, ('circle', 'square'), 'predictions')['predictions']
+    assert boxes['class_labels'] == {1: 'circle', 2: 'square'}
+    assert boxes['box_data'][1] == dict(position=dict(minX=4.0, minY=3.0, maxX=8.0, maxY=6.0), class_id=2,
+                                        domain='pixel', scores=dict(confidence=0.5), box_caption='square 0.50')
+    class_map = wandb_masks(kept, labels, ('circle', 'square'), 'predictions')['predictions']['mask_data']
+    assert class_map.tolist() == (masks[0] * 1 + masks[1] * 2).tolist()
+    assert flat_predictions(result, score_thr=0.95)[0].shape == (0, 5)
+
+
+def test_mmdet_wandb_hook_logs_val_and_prediction_tables_offline(tmp_path, monkeypatch):
+    """mmdet's own wandb config (num_eval_images=100) through tools/train.py with validation, offline."""
+    pytest.importorskip('wandb')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    extra = ("log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook'), dict(type='MMDetWandbHook', "
+             "init_kwargs=dict(project='mixprec'), interval=1, log_checkpoint=True, log_checkpoint_metadata=True, "
+             "num_eval_images=100)])\n")
+    _, work_dir = train(str(tmp_path), extra, epochs=1, num_train=2)
+    data = open(glob.glob(os.path.join(work_dir, 'wandb', 'offline-run-*', 'run-*.wandb'))[0], 'rb').read()
+    for key in (b'val_data', b'eval_data', b'_pred', b'epoch_1'):
+        assert key in data, key
+
+

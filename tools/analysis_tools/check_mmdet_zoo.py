@@ -372,6 +372,7 @@ def main(argv=None) -> int:
               else f'error: --fp16-dir {args.fp16_dir} is not a folder', file=sys.stderr)
         return 2
     os.environ.setdefault('TQDM_DISABLE', '1')  # one line per config
+    os.environ.setdefault('WANDB_MODE', 'offline')  # the wandb config logs the fake run locally, never to a server
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     work = args.work or tempfile.mkdtemp(prefix='mmdet_zoo_')
     from mixprec.engine import get_logger

@@ -43,6 +43,7 @@ class EvalHook(Hook):
         self.best_score: Optional[float] = None
         self.best_ckpt: Optional[str] = None
         self.last_metrics: dict = {}
+        self.latest_results: Optional[list] = None
 
     def after_train_epoch(self, runner) -> None:
         if self.by_epoch and self._due(runner.epoch + 1):
@@ -66,6 +67,7 @@ class EvalHook(Hook):
             results = self.test(runner)
         metrics: dict = {}
         if runner.rank == 0:
+            self.latest_results = results
             metrics = self.dataloader.dataset.evaluate(results, logger=runner.logger, **self.eval_kwargs)
             self.last_metrics = dict(metrics)
             runner.log_val(metrics)
