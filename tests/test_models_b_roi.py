@@ -250,3 +250,12 @@ def test_bbox_head_decodes_class_specific_clips_and_rescales():
     assert labels.tolist() == [1, 0]
     # roi 1 clipped to x2 = 100, then everything halved
     torch.testing.assert_close(dets[:, :4], torch.tensor([[6., 5., 16., 15.], [45., 5., 50., 15.]]))
+
+
+def test_bbox_head_default_losses_are_mmdet_v2s():
+    """A config that leaves out loss_bbox gets mmdet v2 BBoxHead's SmoothL1Loss(beta=1.0), not another loss."""
+    head = Shared2FCBBoxHead(in_channels=4, fc_out_channels=8, roi_feat_size=2, num_classes=2)
+    pred, target = torch.tensor([[0.0, 0.5, 2.0, -3.0]]), torch.zeros(1, 4)
+    # smooth L1, beta 1: 0.5 x^2 below 1, |x| - 0.5 above; mean over the 4 elements
+    assert head.loss_bbox(pred, target).item() == (0 + 0.125 + 1.5 + 2.5) / 4
+    assert type(head.loss_cls).__name__ == 'CrossEntropyLoss' and not head.loss_cls.use_sigmoid

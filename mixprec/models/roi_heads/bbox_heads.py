@@ -32,7 +32,7 @@ class ConvFCBBoxHead(nn.Module):
         with_avg_pool: average-pool the [s, s] RoI features to one value per channel first.
         reg_class_agnostic: one box regression for all classes.
         loss_cls: classification loss config (softmax CrossEntropyLoss).
-        loss_bbox: regression loss config (L1Loss).
+        loss_bbox: regression loss config (default mmdet v2's: SmoothL1Loss, beta 1.0).
         reg_decoded_bbox: regress decoded boxes against the gt boxes in absolute coordinates
             (for the IoU-family losses) instead of deltas against encoded targets.
     """
@@ -50,7 +50,7 @@ class ConvFCBBoxHead(nn.Module):
         if loss_cls is None:
             loss_cls = dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)
         if loss_bbox is None:
-            loss_bbox = dict(type='L1Loss', loss_weight=1.0)
+            loss_bbox = dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0)
         self.num_classes = num_classes
         self.reg_class_agnostic = reg_class_agnostic
         self.bbox_coder = TASK_UTILS.build(bbox_coder)
