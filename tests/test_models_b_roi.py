@@ -163,7 +163,9 @@ def test_fcn_mask_head_shapes_and_seg_masks():
 
 
 def make_bbox_head(num_classes=3):
-    return Shared2FCBBoxHead(in_channels=4, fc_out_channels=16, roi_feat_size=7, num_classes=num_classes)
+    """The R-CNN head as the shipped configs set it (L1 box loss; the class default is mmdet's SmoothL1)."""
+    return Shared2FCBBoxHead(in_channels=4, fc_out_channels=16, roi_feat_size=7, num_classes=num_classes,
+                             loss_bbox=dict(type='L1Loss', loss_weight=1.0))
 
 
 def test_bbox_head_shapes_and_init():
