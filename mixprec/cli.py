@@ -33,12 +33,13 @@ def run_cli(main: Callable[[], None]) -> None:
     128 + signal number after an interruption that saved a checkpoint. ``MIXPREC_DEBUG=1`` keeps
     the traceback.
     """
-    from .engine import TrainingInterrupted
+    from .engine import TrainingInterrupted, close_dist
     debug = os.environ.get('MIXPREC_DEBUG') == '1'
     rank = os.environ.get('RANK')
     prefix = f'[rank {rank}] ' if rank is not None and os.environ.get('WORLD_SIZE', '1') != '1' else ''
     try:
         main()
+        close_dist()
     except TrainingInterrupted as exc:
         print(f'{prefix}interrupted: {exc}', file=sys.stderr, flush=True)
         sys.exit(128 + exc.signum)

@@ -43,3 +43,18 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     text_log = open(tmp_path / 'train.log').read()
     assert text_log.count('Epoch [2][4/4]') == 1
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith('.pth')) == ['epoch_1.pth', 'epoch_2.pth', 'latest.pth']
+
+
+def test_run_cli_closes_the_process_group_after_a_finished_run(monkeypatch):
+    """An open gloo group at exit can abort a finished rank; the CLI wrapper waits for all and tears it down."""
+    import torch.distributed as dist
+    from mixprec.cli import run_cli
+    from mixprec.engine import init_dist
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(free_port()))
+    seen = []
+    run_cli(lambda: (init_dist('pytorch', backend='gloo'), seen.append(dist.is_initialized())))
+    assert seen == [True]
+    assert not dist.is_initialized()

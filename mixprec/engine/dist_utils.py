@@ -41,6 +41,18 @@ def _slurm_env_to_torchrun() -> None:
         os.environ['MASTER_ADDR'] = first
 
 
+def close_dist() -> None:
+    """Wait for every rank, then tear the process group down.
+
+    A rank that exits with its gloo group still open can abort in the group's destructor
+    ("terminate called without an active exception") while a peer is still closing its
+    connections, turning a finished run into a failed one; call this at the end of a run.
+    """
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 

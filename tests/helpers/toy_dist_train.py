@@ -6,7 +6,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from helpers.toy import ToyDataset, toy_collate, ToyModel
-from mixprec.engine import Runner, get_dist_info, get_logger, init_dist
+from mixprec.engine import Runner, close_dist, get_dist_info, get_logger, init_dist
 
 
 def main(work_dir: str) -> None:
@@ -26,6 +26,7 @@ def main(work_dir: str) -> None:
                                    [dict(type='DistSamplerSeedHook')])
     runner.run(loader)
     torch.save(model.module.state_dict(), os.path.join(work_dir, f'weights_rank{rank}.pt'))
+    close_dist()
 
 
 if __name__ == '__main__':
