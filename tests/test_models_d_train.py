@@ -1,5 +1,7 @@
-"""Each new loss / sampler / mask-format variant trains a tiny detector on synthetic shapes under
-the Fp16OptimizerHook (bf16, master and autocast): finite fp32 losses, and the loss falls."""
+"""Each new loss / sampler / mask-format / test-time NMS variant trains a tiny detector on synthetic
+shapes through the Fp16OptimizerHook (bf16, master and autocast; float16 on one R-CNN and one dense
+head case, as float16 convolutions are slow on the CPU): finite fp32 losses, no skipped step,
+the loss falls, and the detector then finds its training objects (AP50 well above chance)."""
 import copy
 
 import numpy as np
@@ -13,15 +15,17 @@ from mixprec.registry import MODELS
 
 from test_fp16_helpers import make_runner
 from test_models_b_detectors import tiny_cfg, total_loss
-from test_models_b_overfit import make_shapes
+from test_models_b_overfit import average_precision_50, box_ap50, make_shapes, mask_iou, shapes_metas
 from test_models_fp16_hook import tiny_retinanet_cfg
 
 pytestmark = [pytest.mark.usefixtures('one_thread'), pytest.mark.slow]
 
 
-def rcnn_variant(loss_bbox=None, reg_decoded_bbox=False, sampler=None, rpn_loss_bbox=None) -> dict:
-    cfg = tiny_cfg('faster', num_classes=2)
+def rcnn_variant(loss_bbox=None, reg_decoded_bbox=False, sampler=None, rpn_loss_bbox=None, kind='faster') -> dict:
+    cfg = tiny_cfg(kind, num_classes=2)
     head = cfg['roi_head']['bbox_head']
+    head['fc_out_channels'] = 256  # 64-wide box layers can all die under the first large steps
+    cfg['train_cfg']['rcnn']['sampler']['num'] = 64  # CPU-sized RoI batches
     if loss_bbox is not None:
         head.update(loss_bbox=loss_bbox, reg_decoded_bbox=reg_decoded_bbox)
     if sampler is not None:
@@ -37,12 +41,17 @@ def retina_variant() -> dict:
     return cfg
 
 
-def mask_poly_variant() -> dict:
-    return tiny_cfg('mask', num_classes=2)
+def soft_nms_variant() -> dict:
+    cfg = rcnn_variant()
+    cfg['test_cfg']['rcnn']['nms'] = dict(type='soft_nms', iou_threshold=0.5, method='linear', min_score=0.05)
+    return cfg
 
 
+# the loss term each variant changes, which must fall on its own (a dead loss would leave AP50 high:
+# the proposals alone find these shapes)
+OWN_TERM = {'mask_polygons': 'loss_mask', 'ohem': 'loss_cls', 'soft_nms': 'loss_bbox'}
 VARIANTS = {
-    'mask_polygons': mask_poly_variant,
+    'mask_polygons': lambda: rcnn_variant(kind='mask'),
     'giou': lambda: rcnn_variant(dict(type='GIoULoss', loss_weight=10.0), True),
     'ciou': lambda: rcnn_variant(dict(type='CIoULoss', loss_weight=12.0), True),
     'bounded_iou': lambda: rcnn_variant(dict(type='BoundedIoULoss', loss_weight=10.0), True),
@@ -52,42 +61,67 @@ VARIANTS = {
     'ohem': lambda: rcnn_variant(sampler=dict(type='OHEMSampler', num=64, pos_fraction=0.25, neg_pos_ub=-1,
                                               add_gt_as_proposals=True)),
     'retina_giou': retina_variant,
+    'soft_nms': soft_nms_variant,
 }
+ITERS = 40
+# RetinaNet with the GIoU loss is at the edge of stability at 0.02 on these images (one seed of fp32,
+# master and autocast each wanders off); at 0.01 all three follow the same curve
+LR = {'retina_giou': 0.01}
 
 
-# every variant in master mode; one per code path (decoded R-CNN boxes, OHEM, decoded dense boxes)
-# also under autocast
-CASES = [(v, 'master') for v in sorted(VARIANTS)] + [(v, 'autocast') for v in ('giou', 'ohem', 'retina_giou',
-                                                                                'mask_polygons')]
-
-
-@pytest.mark.parametrize('variant,mode', CASES)
-def test_variant_trains_under_bf16(variant, mode):
+def train_with_hook(cfg: dict, mode: str, targets: dict, img: torch.Tensor, metas: list, lr: float = 0.02,
+                    dtype: str = 'bfloat16'):
     torch.manual_seed(0)
-    cfg = VARIANTS[variant]()
     cfg['backbone'].update(frozen_stages=-1, norm_eval=False)
     model = MODELS.build(cfg)
     model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    hook = Fp16OptimizerHook(dtype='bfloat16', mode=mode, grad_clip=dict(max_norm=35, norm_type=2))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
+                                weight_decay=1e-4)
+    hook = Fp16OptimizerHook(dtype=dtype, mode=mode, loss_scale=512. if dtype == 'float16' else None,
+                             grad_clip=dict(max_norm=35, norm_type=2))
     runner = make_runner(model, optimizer)
     hook.before_run(runner)
-    img, boxes, labels, masks = make_shapes(num_images=1, size=128, seed=0)
-    targets = dict(gt_bboxes=boxes, gt_labels=labels)
-    if variant == 'mask_polygons':
-        targets['gt_masks'] = [PolygonMasks.from_coco([mask_to_polygons(m) for m in masks[0].numpy()], 128, 128)]
-    metas = [dict(img_shape=(128, 128, 3), ori_shape=(128, 128, 3), pad_shape=(128, 128, 3),
-                  scale_factor=np.ones(4, dtype=np.float32), flip=False)]
-    history = []
-    for step in range(8):
+    history = []  # per step, each loss term summed over levels
+    for step in range(ITERS):
+        for group in optimizer.param_groups:
+            group['lr'] = lr * min(1.0, (step + 1) / 10)
         losses = runner.model(img, copy.deepcopy(metas), **targets)
         for key, value in losses.items():
             for v in value if isinstance(value, list) else [value]:
                 assert v.dtype is torch.float32 and torch.isfinite(v), (step, key, v)
+        history.append({key: float(sum(value).detach() if isinstance(value, list) else value.detach())
+                        for key, value in losses.items() if 'loss' in key})
         loss = total_loss(losses)
-        history.append(float(loss.detach()))
         runner.outputs = dict(loss=loss)
         runner.iter = step
         hook.after_train_iter(runner)
     assert runner.log_buffer.last('skipped_steps') == 0
-    assert np.mean(history[-3:]) < 0.9 * np.mean(history[:2]), history
+    runner.model.eval()
+    with torch.no_grad():
+        results = runner.model(img, copy.deepcopy(metas), return_loss=False)
+    return history, results
+
+
+CASES = [(v, m, 'bfloat16') for v in sorted(VARIANTS) for m in ('master', 'autocast')]
+CASES += [('giou', 'master', 'float16'), ('retina_giou', 'autocast', 'float16')]
+
+
+@pytest.mark.parametrize('variant, mode, dtype', CASES)
+def test_variant_trains_and_finds_its_shapes(variant, mode, dtype):
+    img, boxes, labels, masks = make_shapes()
+    metas = shapes_metas(img)
+    targets = dict(gt_bboxes=boxes, gt_labels=labels)
+    size = img.shape[-1]
+    if variant == 'mask_polygons':
+        targets['gt_masks'] = [PolygonMasks.from_coco([mask_to_polygons(m) for m in per_img.numpy()], size, size)
+                               for per_img in masks]
+    history, results = train_with_hook(VARIANTS[variant](), mode, targets, img, metas, LR.get(variant, 0.02), dtype)
+    for term in ('total', OWN_TERM.get(variant, 'loss_bbox')):
+        values = [sum(h.values()) if term == 'total' else h[term] for h in history]
+        assert np.mean(values[-5:]) < 0.6 * np.mean(values[:3]), (term, values)
+    if variant == 'mask_polygons':
+        dets = [[[(float(b[4]), m) for b, m in zip(bc, mc)] for bc, mc in zip(*r)] for r in results]
+        gts = [[list(m[l == c].bool().numpy()) for c in range(2)] for m, l in zip(masks, labels)]
+        assert average_precision_50(dets, gts, 2, mask_iou) > 0.7
+        results = [r[0] for r in results]
+    assert box_ap50(results, boxes, labels) > 0.7
