@@ -70,9 +70,13 @@ LR = {'retina_giou': 0.01}
 
 
 def train_with_hook(cfg: dict, mode: str, targets: dict, img: torch.Tensor, metas: list, lr: float = 0.02,
-                    dtype: str = 'bfloat16'):
+                    dtype: str = 'bfloat16', iters: int = ITERS, unfreeze: bool = True):
+    """``iters`` SGD steps (10 of linear warm-up) through the hook; per-step loss terms and the test results.
+
+    ``unfreeze``: train the whole backbone with batch statistics (the loss variants' tiny ResNet-18)."""
     torch.manual_seed(0)
-    cfg['backbone'].update(frozen_stages=-1, norm_eval=False)
+    if unfreeze:
+        cfg['backbone'].update(frozen_stages=-1, norm_eval=False)
     model = MODELS.build(cfg)
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
@@ -82,7 +86,7 @@ def train_with_hook(cfg: dict, mode: str, targets: dict, img: torch.Tensor, meta
     runner = make_runner(model, optimizer)
     hook.before_run(runner)
     history = []  # per step, each loss term summed over levels
-    for step in range(ITERS):
+    for step in range(iters):
         for group in optimizer.param_groups:
             group['lr'] = lr * min(1.0, (step + 1) / 10)
         losses = runner.model(img, copy.deepcopy(metas), **targets)
