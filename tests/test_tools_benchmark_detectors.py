@@ -56,3 +56,23 @@ def test_bad_arguments():
     assert proc.returncode == 2 and 'no configuration to run' in proc.stderr
     proc = run_tool('--size', '16', '16')
     assert proc.returncode == 2 and '--size' in proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_predict_table_keeps_100_detections_everywhere(tmp_path):
+    """--predict: score_thr 0 on both sides, so each detector returns its 100 best boxes per image."""
+    out = tmp_path / 'results.jsonl'
+    proc = run_tool('--predict', '--models', 'mask_rcnn', 'retinanet', '--modes', 'fp32', 'master', '--size', '128',
+                    '128', '--iters', '1', '--warmup', '1', '--depth', '18', '--width', '64', '--threads', '1',
+                    '--json-out', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '\ninference, 100 detections per image, batch 2 of 128x128' in proc.stdout, proc.stdout
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r['model'], r['impl'], r['mode']) for r in results} == {
+        (m, 'ours', 'fp32') for m in ('mask_rcnn', 'retinanet')} | {
+        (m, 'ours', 'master') for m in ('mask_rcnn', 'retinanet')} | {
+        (m, 'torchvision', 'fp32') for m in ('mask_rcnn', 'retinanet')}
+    for r in results:
+        assert r['predict'] and r['s_per_iter'] > 0 and r['detections_per_image'] == [100.0, 100.0], r
+    rows = parse_rows(proc.stdout)
+    assert len(rows) == 6 and all(row[0] in ('mask_rcnn', 'retinanet') for row in rows)

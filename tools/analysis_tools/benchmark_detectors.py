@@ -1,9 +1,9 @@
-"""Training speed and peak memory of our detectors against torchvision's, fp32 and mixed precision.
+"""Training (or inference) speed and peak memory of our detectors against torchvision's, fp32 and mixed precision.
 
     python tools/analysis_tools/benchmark_detectors.py [--models faster_rcnn mask_rcnn retinanet]
         [--size H W] [--batch 2] [--iters 5] [--warmup 2] [--threads N] [--impls ours torchvision]
         [--modes fp32 master autocast] [--dtype bfloat16|float16] [--depth 50] [--width 256]
-        [--profile N] [--json-out FILE]
+        [--predict] [--profile N] [--json-out FILE]
 
 For each detector and each configuration, in a fresh subprocess (so peak memories do not mix):
 
@@ -42,6 +42,15 @@ smooth-L1 box loss (beta 1/9) where ours has L1; torchvision's RoIAlign has ``sa
 torchvision's box head regresses 81 classes (background included), ours 80; torchvision resizes and
 normalises inside the model (``GeneralizedRCNNTransform``: a bilinear interpolation at scale 1.0 of
 every image and mask, counted in its time), ours gets normalised images from the data pipeline.
+
+``--predict`` times inference instead: the same models in eval mode under ``torch.no_grad()``, one
+batch of the same images a call (ours: ``model(img=[...], img_metas=[[...]], return_loss=False)`` with
+rescaling to the input size, as ``tools/test.py`` runs it; torchvision: ``model(images)``), with the
+score threshold at 0 on both sides so that every detector keeps its 100 detections per image (the
+table counts them): ``fp32``; ``master``: our model through ``wrap_fp16_model(mode='master')``
+(half weights, fp32 norms and heads' post-processing); ``autocast``: ours in autocast mode,
+torchvision's under ``torch.autocast``. Untrained detectors score near the prior, so the 100
+survivors are what NMS keeps of near-ties: the cost of the post-processing is the real one.
 
 ``--profile N`` also runs N iterations under ``torch.profiler`` in every configuration and prints the
 ops with the largest self CPU time. ``--depth`` / ``--width`` shrink both implementations alike
@@ -122,6 +131,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
     parser.add_argument('--depth', type=int, default=50, choices=(18, 34, 50, 101), help='ResNet depth')
     parser.add_argument('--width', type=int, default=256, help='FPN and head channels')
+    parser.add_argument('--predict', action='store_true',
+                        help='time inference (eval, no_grad, score_thr=0: 100 detections an image) instead')
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='profile N more iterations per configuration and print the top ops')
     parser.add_argument('--profile-rows', type=int, default=30, help='rows of the profile tables')
@@ -238,6 +249,9 @@ def build_ours(args: argparse.Namespace, model_name: str) -> torch.nn.Module:
     expansion = 4 if args.depth >= 50 else 1
     model_cfg['neck']['in_channels'] = [64 * expansion * 2 ** i for i in range(4)]
     set_width(model_cfg, args.width)
+    if args.predict:  # keep every detector's 100 best boxes, whatever their scores
+        test_cfg = model_cfg['test_cfg'].get('rcnn', model_cfg['test_cfg'])
+        test_cfg.update(score_thr=0.0, max_per_img=100)
     return build_detector(model_cfg)
 
 
@@ -305,9 +319,29 @@ def ours_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: t
     return step, model
 
 
+def ours_predict_fn(args: argparse.Namespace, model_name: str, mode: str, device: torch.device, batch: dict):
+    """A closure running inference on the batch as ``tools/test.py`` does; returns detections per image."""
+    from mixprec.fp16 import wrap_fp16_model
+
+    model = build_ours(args, model_name).to(device)
+    if mode != 'fp32':
+        wrap_fp16_model(model, dtype=mixed_dtype(args, device), mode=mode)
+    model.eval()
+    data = ours_inputs(batch)
+
+    def step() -> float:
+        with torch.no_grad():
+            results = model(img=[data['img']], img_metas=[[dict(m) for m in data['img_metas']]], return_loss=False)
+        boxes = [r[0] if isinstance(r, tuple) else r for r in results]
+        return sum(sum(len(per_class) for per_class in r) for r in boxes) / len(boxes)
+
+    return step, model
+
+
 # ---------------------------------------------------------------- torchvision's detectors
 def build_torchvision(args: argparse.Namespace, model_name: str, size: tuple[int, int]) -> torch.nn.Module:
-    """torchvision's detector as its ``*_resnet50_fpn`` builder makes it for a pretrained backbone."""
+    """torchvision's detector as its ``*_resnet50_fpn`` builder makes it for a pretrained backbone
+    (with ``--predict``: score threshold 0, 100 detections per image)."""
     from torchvision.models import resnet
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -334,7 +368,10 @@ def build_torchvision(args: argparse.Namespace, model_name: str, size: tuple[int
     backbone = BackboneWithFPN(body, {f'layer{k}': str(i) for i, k in enumerate(levels)},
                                [c2 * 2 ** (k - 1) for k in levels], width, extra_blocks=extra)
     if model_name == 'retinanet':
-        return RetinaNet(backbone, num_classes=NUM_CLASSES, **sizes)
+        test = dict(score_thresh=0.0, detections_per_img=100) if args.predict else {}
+        return RetinaNet(backbone, num_classes=NUM_CLASSES, **test, **sizes)
+    if args.predict:
+        sizes.update(box_score_thresh=0.0, box_detections_per_img=100)
     rcnn = dict(rpn_pre_nms_top_n_train=RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n_train=RPN_POST_NMS_TOP_N,
                 rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
                 box_batch_size_per_image=ROI_SAMPLES, box_positive_fraction=ROI_POS_FRACTION, **sizes)
@@ -376,6 +413,22 @@ def torchvision_step_fn(args: argparse.Namespace, model_name: str, mode: str, de
     return step, model
 
 
+def torchvision_predict_fn(args: argparse.Namespace, model_name: str, mode: str, device: torch.device,
+                           batch: dict):
+    model = build_torchvision(args, model_name, tuple(args.size)).to(device)
+    model.eval()
+    images, _ = torchvision_inputs(batch, model_name)
+    dtype = mixed_dtype(args, device)
+
+    def step() -> float:
+        context = torch.autocast(device.type, dtype=dtype) if mode == 'autocast' else nullcontext()
+        with torch.no_grad(), context:
+            outputs = model(images)
+        return sum(len(o['boxes']) for o in outputs) / len(outputs)
+
+    return step, model
+
+
 # ---------------------------------------------------------------- one configuration (child process)
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == 'cuda':
@@ -411,7 +464,10 @@ def run_configuration(args: argparse.Namespace, model_name: str, impl: str, mode
     device = default_device()
     torch.manual_seed(0)
     batch = make_batch(args, device, with_masks=model_name == 'mask_rcnn')
-    make_step = ours_step_fn if impl == 'ours' else torchvision_step_fn
+    if args.predict:
+        make_step = ours_predict_fn if impl == 'ours' else torchvision_predict_fn
+    else:
+        make_step = ours_step_fn if impl == 'ours' else torchvision_step_fn
     step, model = make_step(args, model_name, mode, device, batch)
     losses = []
     for _ in range(args.warmup):
@@ -432,7 +488,8 @@ def run_configuration(args: argparse.Namespace, model_name: str, impl: str, mode
                   s_per_iter_mean=sum(times) / len(times), times=times,
                   cpu_s_per_iter=statistics.median(cpu_times), cpu_times=cpu_times, peak_mb=memory,
                   trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                  losses=losses, finite=all(math.isfinite(v) for v in losses))
+                  predict=args.predict, finite=all(math.isfinite(v) for v in losses))
+    result['detections_per_image' if args.predict else 'losses'] = losses
     if args.profile:
         result['profile'] = profile_steps(step, args.profile, args.profile_rows, device)
     return result
@@ -462,7 +519,7 @@ def child_command(args: argparse.Namespace, config: tuple[str, str, str], thread
                '--iters', str(args.iters), '--warmup', str(args.warmup), '--threads', str(threads),
                '--depth', str(args.depth), '--width', str(args.width), '--profile', str(args.profile),
                '--profile-rows', str(args.profile_rows)]
-    return command + (['--dtype', args.dtype] if args.dtype else [])
+    return command + (['--dtype', args.dtype] if args.dtype else []) + (['--predict'] if args.predict else [])
 
 
 def run_subprocess(args: argparse.Namespace, config: tuple[str, str, str], threads: int) -> dict:
@@ -491,7 +548,8 @@ def format_table(results: list[dict], load: Optional[tuple] = None) -> str:
     first = next((r for r in results if 'error' not in r), {})
     device = first.get('device', default_device().type)
     memory_kind = 'max_memory_allocated' if device == 'cuda' else 'peak RSS'
-    header = (f'training, batch {first.get("batch", "?")} of {"x".join(map(str, first.get("size", ("?",))))} '
+    task = 'inference, 100 detections per image' if first.get('predict') else 'training'
+    header = (f'{task}, batch {first.get("batch", "?")} of {"x".join(map(str, first.get("size", ("?",))))} '
               f'(H x W), {device}, {first.get("threads", "?")} threads, ResNet-{first.get("depth", "?")} '
               f'FPN {first.get("width", "?")}; s/iter: median wall time of the timed iterations, cpu s/iter: '
               f'process CPU time; peak MB: {memory_kind}')
@@ -510,6 +568,8 @@ def format_table(results: list[dict], load: Optional[tuple] = None) -> str:
         speedup = f'{ref["s_per_iter"] / r["s_per_iter"]:.2f}x' if ref else '-'
         cpu_speedup = f'{ref["cpu_s_per_iter"] / r["cpu_s_per_iter"]:.2f}x' if ref else '-'
         note = '' if r['finite'] else '  (non-finite losses)'
+        if r.get('predict'):
+            note += f'  ({statistics.mean(r["detections_per_image"]):.0f} detections per image)'
         lines.append(f'{r["model"]:<12} | {r["impl"]:<11} | {r["label"]:<14} | {r["s_per_iter"]:>8.3f} | '
                      f'{r["peak_mb"]:>8.0f} | {speedup:>19} | {r["cpu_s_per_iter"]:>10.3f} | {cpu_speedup:>11}{note}')
     lines.append('')
@@ -528,6 +588,11 @@ def format_table(results: list[dict], load: Optional[tuple] = None) -> str:
                 speedup = ours[key] / best[key]
                 parts.append(f'our fp32 / our best mixed ({best["label"]}) time = {speedup:.2f}x '
                              f'(target >= 2.0: {"met" if speedup >= 2.0 else "NOT met"})')
+            peer_mixed = [r for (impl, mode), r in rows.items() if impl != 'ours' and mode != 'fp32']
+            if mixed and peer_mixed:
+                best, peer = min(mixed, key=lambda r: r[key]), min(peer_mixed, key=lambda r: r[key])
+                parts.append(f'our best mixed ({best["label"]}) / best peer mixed ({peer["impl"]} {peer["label"]}) '
+                             f'time = {best[key] / peer[key]:.2f}')
             if parts:
                 lines.append(f'{model} ({kind}): ' + '; '.join(parts))
     return '\n'.join(lines)
