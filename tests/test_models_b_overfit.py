@@ -145,6 +145,13 @@ def box_ap50(bbox_results, boxes, labels):
     return average_precision_50(dets, gts, 2, box_iou)
 
 
+def mask_ap50(results, masks, labels):
+    """Mask AP50 of Mask R-CNN ``(bbox, segm)`` results against the gt masks of :func:`make_shapes`."""
+    dets = [[[(float(b[4]), m) for b, m in zip(bc, mc)] for bc, mc in zip(*r)] for r in results]
+    gts = [[list(m[l == c].bool().numpy()) for c in range(2)] for m, l in zip(masks, labels)]
+    return average_precision_50(dets, gts, 2, mask_iou)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('fp16_mode', [None, 'autocast'], ids=['fp32', 'bf16-autocast'])
 def test_faster_rcnn_overfits_shapes(fp16_mode):
@@ -158,6 +165,4 @@ def test_mask_rcnn_overfits_shapes(fp16_mode):
     results, boxes, labels, masks = train('mask', fp16_mode, iters=60)
     bbox_results = [r[0] for r in results]
     assert box_ap50(bbox_results, boxes, labels) > 0.9
-    dets = [[[(float(b[4]), m) for b, m in zip(bc, mc)] for bc, mc in zip(*r)] for r in results]
-    gts = [[list(m[l == c].bool().numpy()) for c in range(2)] for m, l in zip(masks, labels)]
-    assert average_precision_50(dets, gts, 2, mask_iou) > 0.9
+    assert mask_ap50(results, masks, labels) > 0.9
