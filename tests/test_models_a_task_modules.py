@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import batched_nms as tv_batched_nms
+from torchvision.ops import nms as tv_nms
 
 from mixprec.models.task_modules import (AnchorGenerator, DeltaXYWHBBoxCoder, MaxIoUAssigner,
                                          PseudoSampler, RandomSampler, batched_nms, bbox2result,
@@ -247,6 +249,32 @@ def test_batched_nms_groups():
     _, keep = batched_nms(boxes, scores, torch.tensor([0, 0, 1]), dict(type='nms', iou_threshold=0.5),
                           class_agnostic=True)
     assert keep.tolist() == [0]
+
+
+@pytest.mark.parametrize('max_num', [1, 7, 100, 1000, 5000])
+@pytest.mark.parametrize('class_agnostic', [False, True])
+def test_batched_nms_with_max_num_keeps_what_full_nms_keeps_first(max_num, class_agnostic):
+    """max_num lets NMS run on score prefixes; the result is the full NMS's first max_num, ties at the
+    prefix edge (scores rounded to 2 digits) included. Boxes jitter around 40 centres in 8 classes, so
+    most are suppressed and the prefixes must grow."""
+    gen = torch.Generator().manual_seed(max_num)
+    n = 4000
+    xy = (torch.rand(40, 2, generator=gen) * 300)[torch.randint(0, 40, (n,), generator=gen)]
+    xy = xy + torch.randn(n, 2, generator=gen) * 4
+    boxes = torch.cat([xy, xy + 30 + torch.rand(n, 2, generator=gen) * 20], dim=1)
+    scores = (torch.rand(n, generator=gen) * 100).round() / 100
+    idxs = torch.randint(0, 8, (n,), generator=gen)
+    cfg = dict(type='nms', iou_threshold=0.5)
+    full = tv_nms(boxes, scores, 0.5) if class_agnostic else tv_batched_nms(boxes, scores, idxs, 0.5)
+    dets, keep = batched_nms(boxes, scores, idxs, cfg, class_agnostic=class_agnostic, max_num=max_num)
+    assert 0 < len(keep) <= max_num and (len(keep) == max_num or len(full) < max_num)
+    # the same scores in the same order; the same boxes above the last score (among equal scores
+    # at the cut, which ones make it depends on the sort's tie order)
+    assert torch.equal(dets[:, 4], scores[full[:max_num]])
+    last = scores[keep[-1]]
+    assert set(keep[scores[keep] > last].tolist()) == set(full[:max_num][scores[full[:max_num]] > last].tolist())
+    _, keep_cfg = batched_nms(boxes, scores, idxs, dict(cfg, max_num=max_num), class_agnostic=class_agnostic)
+    assert torch.equal(keep_cfg, keep)
 
 
 def test_multiclass_nms_threshold_limits_and_class_specific():

@@ -1,9 +1,13 @@
-"""Normalization layers from config and the conv(-norm)(-ReLU) block with mmcv's key names."""
+"""Normalization layers from config, the conv-norm pair with frozen statistics folded into one
+convolution, and the conv(-norm)(-ReLU) block with mmcv's key names."""
 from __future__ import annotations
 
 from typing import Optional
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 _NORM_TYPES = {'BN': ('bn', nn.BatchNorm2d), 'SyncBN': ('bn', nn.SyncBatchNorm), 'GN': ('gn', nn.GroupNorm)}
 
@@ -32,6 +36,111 @@ def build_norm_layer(cfg: dict, num_features: int, postfix: str = '') -> tuple[s
     return f'{abbr}{postfix}', layer
 
 
+_FULL_PRECISION = (torch.float32, torch.float64)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The convolution's dtype: autocast's lower precision when autocast is on, else the weight's."""
+    device = x.device.type
+    if hasattr(torch, 'get_autocast_dtype'):  # torch >= 2.4
+        enabled, dtype = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+    elif device == 'cpu':
+        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    else:
+        enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return dtype if enabled else weight.dtype
+
+
+class _FoldedConv(torch.autograd.Function):
+    """``conv(x, W * s) + b`` (per output channel s, b) that keeps x, W and s for backward and
+    recomputes W * s there, so the folded weight costs no memory between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, conv: nn.Conv2d) -> Tensor:
+        ctx.conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        ctx.save_for_backward(x, weight, scale)
+        return F.conv2d(x, _fold(weight, scale, x.dtype), shift, *ctx.conv_args)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight, scale = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        folded = _fold(weight, scale, x.dtype)
+        needs_x, needs_w, needs_s, needs_b = ctx.needs_input_grad[:4]
+        grad_x, grad_folded, grad_shift = torch.ops.aten.convolution_backward(
+            grad, x, folded, [folded.size(0)], stride, padding, dilation, False, [0] * len(stride), groups,
+            [needs_x, needs_w or needs_s, needs_b])
+        grad_w = grad_s = None
+        if needs_w:
+            grad_w = (grad_folded * _per_channel(scale, weight)).to(weight.dtype)
+        if needs_s:
+            grad_s = (grad_folded.to(scale.dtype) * weight.to(scale.dtype)).sum(dim=tuple(range(1, weight.dim())))
+        return grad_x, grad_w, grad_s, grad_shift, None
+
+
+def _per_channel(values: Tensor, like: Tensor) -> Tensor:
+    return values.reshape(-1, *[1] * (like.dim() - 1))
+
+
+def _fold(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """W * s per output channel, computed in the wider of the two dtypes, rounded once to ``dtype``."""
+    return (weight * _per_channel(scale, weight)).to(dtype)
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
+    """``norm(conv(x))``, as one convolution when ``norm`` is a BatchNorm with frozen statistics.
+
+    A BatchNorm in eval mode (``norm_eval``, frozen stages, inference) is a per-channel affine map
+    y = c * s + b with s = gamma / sqrt(running_var + eps), b = beta - running_mean * s, so
+    ``norm(conv(x)) = conv(x, W * s) + b``. Autograd then keeps only the convolution's input (and
+    W, s) for backward, where BatchNorm also keeps the convolution's output for gamma's gradient (a
+    third of a frozen-BN ResNet's activation memory), and the elementwise norm passes disappear. The
+    gradients of W, gamma and beta are those of the two layers up to float rounding; W * s is
+    computed in fp32 (master mode's norms are fp32) and rounded once to the convolution's dtype.
+
+    Falls back to the two calls when the norm trains its statistics, is not a BatchNorm, the conv
+    pads other than with zeros, either module has forward hooks (a user's hook still sees its
+    module run), or when gamma trains and the convolution runs in half precision: gamma's gradient
+    would then come from the half weight gradient as sum(grad * c) - mean * sum(grad), two large
+    terms that cancel, where BatchNorm's backward centres c first (so bf16 training folds only the
+    frozen stages and frozen-affine norms; fp32 training and all inference fold every frozen norm).
+    """
+    if (not isinstance(norm, _BatchNorm) or norm.training or norm.running_var is None
+            or conv.padding_mode != 'zeros' or isinstance(conv.padding, str) or _has_hooks(conv)
+            or _has_hooks(norm)):
+        return norm(conv(x))
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = norm.weight * scale
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    dtype = _compute_dtype(x, conv.weight)
+    if torch.is_grad_enabled() and scale.requires_grad and dtype not in _FULL_PRECISION:
+        return norm(conv(x))
+    x, shift = x.to(dtype), shift.to(dtype)
+    if not torch.is_grad_enabled() or not (x.requires_grad or conv.weight.requires_grad or scale.requires_grad):
+        return F.conv2d(x, _fold(conv.weight, scale, dtype), shift, conv.stride, conv.padding, conv.dilation,
+                        conv.groups)
+    with torch.autocast(x.device.type, enabled=False):
+        return _FoldedConv.apply(x, conv.weight, scale, shift, conv)
+
+
+def conv_norm_seq(seq: nn.Module, x: Tensor) -> Tensor:
+    """``seq(x)`` for a ``Sequential(conv, norm)`` (ResNet's ``downsample``), folded as :func:`conv_norm`."""
+    if (isinstance(seq, nn.Sequential) and len(seq) == 2 and isinstance(seq[0], nn.Conv2d)
+            and not _has_hooks(seq)):
+        return conv_norm(seq[0], seq[1], x)
+    return seq(x)
+
+
 class ConvModule(nn.Module):
     """Conv2d, optional norm, optional ReLU, keyed ``conv``, ``bn``/``gn`` like mmcv's ConvModule.
 
@@ -57,9 +166,10 @@ class ConvModule(nn.Module):
         self.activate = nn.ReLU(inplace=inplace) if act_cfg is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
         if self.norm_name is not None:
-            x = getattr(self, self.norm_name)(x)
+            x = conv_norm(self.conv, getattr(self, self.norm_name), x)
+        else:
+            x = self.conv(x)
         if self.activate is not None:
             x = self.activate(x)
         return x

@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mixprec.checkpoint import extract_state_dict, load_file, load_state_dict
 from mixprec.registry import MODELS, ConfigError
 
-from .layers import build_norm_layer
+from .layers import build_norm_layer, conv_norm, conv_norm_seq
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class BasicBlock(nn.Module):
         return getattr(self, self.norm2_name)
 
     def _residual(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        return getattr(self, self.norm2_name)(self.conv2(out)) + identity
+        identity = x if self.downsample is None else conv_norm_seq(self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x))
+        return conv_norm(self.conv2, getattr(self, self.norm2_name), out) + identity
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, inplanes, H, W] -> [B, planes, H / stride, W / stride]."""
@@ -106,10 +106,10 @@ class Bottleneck(BasicBlock):
         return getattr(self, self.norm3_name)
 
     def _residual(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
-        return getattr(self, self.norm3_name)(self.conv3(out)) + identity
+        identity = x if self.downsample is None else conv_norm_seq(self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x))
+        out = self.relu(conv_norm(self.conv2, getattr(self, self.norm2_name), out))
+        return conv_norm(self.conv3, getattr(self, self.norm3_name), out) + identity
 
 
 ARCH_SETTINGS = {
@@ -347,7 +347,7 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """x [B, C, H, W] -> feature maps of ``out_indices``, [B, out_channels[i], H / s_i, W / s_i]
         with s_i = 4 * strides[0] * ... * strides[i]."""
-        x = self.maxpool(self.relu(getattr(self, self.norm1_name)(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x)))
         outs = []
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)

@@ -224,7 +224,5 @@ def nms_per_image(boxes: Tensor, scores: Tensor, idxs: Tensor, keep_mask: Tensor
                   max_num: int) -> tuple[Tensor, Tensor]:
     """NMS within ``idxs`` groups over the rows of ``keep_mask``; (dets [k, 5], idxs [k]), k <= max_num."""
     boxes, scores, idxs = boxes[keep_mask], scores[keep_mask], idxs[keep_mask]
-    dets, keep = batched_nms(boxes, scores, idxs, nms_cfg)
-    if max_num > 0:
-        dets, keep = dets[:max_num], keep[:max_num]
+    dets, keep = batched_nms(boxes, scores, idxs, nms_cfg, max_num=max_num)
     return dets, idxs[keep]

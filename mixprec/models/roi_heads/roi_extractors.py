@@ -5,9 +5,9 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from mixprec.models.task_modules.roi_align import roi_align
 
 from mixprec.fp16 import force_fp32
+from mixprec.models.task_modules.roi_align import roi_align_levels
 from mixprec.registry import MODELS, ConfigError
 
 
@@ -20,7 +20,7 @@ class SingleRoIExtractor(nn.Module):
 
     Args:
         roi_layer: ``dict(type='RoIAlign', output_size=7, sampling_ratio=0, aligned=True)``;
-            pooled with torchvision's RoIAlign numbers (a sparse-matrix form when training on the CPU).
+            pooled with torchvision's RoIAlign numbers (one sparse product over all levels on the CPU).
         out_channels: channels of the feature maps (and of the pooled features).
         featmap_strides: stride of each level used, finest first.
         finest_scale: RoI scale mapped to the first level.
@@ -63,28 +63,21 @@ class SingleRoIExtractor(nn.Module):
         levels = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
         return levels.clamp(min=0, max=num_levels - 1).long()
 
-    @force_fp32(apply_to=('feats',), out_fp16=True)
+    @force_fp32(apply_to=(), out_fp16=True)
     def forward(self, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
-        """Pool RoI features.
+        """Pool RoI features in fp32 (half features are cast as they are read).
 
         Args:
             feats: per level [B, C, H_l, W_l]; only the first ``num_inputs`` are read.
             rois: [k, 5] (batch_idx, x1, y1, x2, y2) in input-image pixels.
 
         Returns:
-            [k, C, *output_size] pooled features.
+            [k, C, *output_size] pooled features (fp32; the half dtype under ``fp16_enabled``).
         """
         num_levels = self.num_inputs
-        rois = rois.to(feats[0].dtype)
-        roi_feats = feats[0].new_zeros((rois.size(0), self.out_channels, *self.output_size))
+        rois = rois.float()
         if rois.size(0) == 0:
-            return roi_feats
+            return feats[0].new_zeros((0, self.out_channels, *self.output_size), dtype=torch.float32)
         levels = self.map_roi_levels(rois, num_levels)
-        for level in range(num_levels):
-            inds = torch.nonzero(levels == level, as_tuple=False).squeeze(1)
-            if inds.numel() == 0:
-                continue
-            roi_feats[inds] = roi_align(feats[level], rois[inds], self.output_size,
-                                        spatial_scale=1.0 / self.featmap_strides[level],
-                                        sampling_ratio=self.sampling_ratio, aligned=self.aligned)
-        return roi_feats
+        return roi_align_levels(feats[:num_levels], rois, levels, self.output_size,
+                                [1.0 / s for s in self.featmap_strides], self.sampling_ratio, self.aligned)

@@ -1,126 +1,225 @@
-"""RoIAlign as a sparse matrix product, for fast training on the CPU.
+"""RoIAlign as a sparse weighted sum over the pyramid's pixels, for fast training and inference on the CPU.
 
 RoIAlign is linear in the features: each output cell averages bilinear samples, i.e. a weighted sum
-of at most ``4 * grid_h * grid_w`` feature pixels. Writing those weights as a sparse matrix
-``M [num_rois * ph * pw, B * H * W]`` gives ``out = M @ features`` and ``grad_features = M^T @
-grad_out``: two multi-threaded sparse products, where torchvision's CPU backward scatters one sample
-at a time. The numbers are torchvision's (``aligned``, adaptive ``sampling_ratio=0`` included),
+of at most ``4 * grid_h * grid_w`` feature pixels. With every level's features as rows of one
+[P, C] matrix (P = the pixels of all levels and images, channels last), the pooled cells of all
+RoIs are ``M @ features`` for a sparse ``M [num_rois * ph * pw, P]``, and the features' gradient is
+``M^T @ grad``. Both run as ``embedding_bag`` sums (one multi-threaded pass each; torchvision's CPU
+kernel computes the sample weights per channel and scatters its backward one sample at a time).
+The numbers are torchvision's ``roi_align`` (``aligned``, adaptive ``sampling_ratio=0`` included)
 up to float rounding.
 """
 from __future__ import annotations
 
-import warnings
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
 
-def _axis_weights(start: Tensor, bin_size: Tensor, grid: Tensor, num_bins: int, g_max: int,
-                  size: int) -> tuple[Tensor, Tensor]:
-    """Bilinear taps along one axis.
+def _axis_taps(start: Tensor, bin_size: Tensor, grid: int, num_bins: int, size: Tensor) -> tuple[Tensor, Tensor]:
+    """Bilinear taps along one axis for RoIs that share ``grid`` samples per bin (torchvision's
+    sample positions and edge rules).
 
     Args:
-        start, bin_size, grid: [n] RoI start, bin size and samples per bin (in feature pixels).
+        start, bin_size, size: [n] RoI start and bin size in feature pixels, and the level's extent.
 
     Returns:
-        index [n, num_bins, g_max, 2] (low, high pixel) and weight [n, num_bins, g_max, 2]; samples
-        beyond ``grid`` or outside [-1, size] weigh 0.
+        index [n, num_bins, grid, 2] (low, high pixel) and weight [n, num_bins, grid, 2]; a sample
+        outside [-1, size] weighs 0.
     """
     bins = torch.arange(num_bins, dtype=start.dtype, device=start.device)
-    steps = torch.arange(g_max, dtype=start.dtype, device=start.device)
-    step = (bin_size / grid.clamp(min=1))[:, None, None]
-    coord = start[:, None, None] + bins[None, :, None] * bin_size[:, None, None] + (steps[None, None, :] + 0.5) * step
-    used = (steps[None, None, :] < grid[:, None, None]) & (coord >= -1.0) & (coord <= size)
+    steps = torch.arange(grid, dtype=start.dtype, device=start.device) + 0.5
+    coord = (start[:, None, None] + bins[None, :, None] * bin_size[:, None, None]
+             + steps[None, None, :] * bin_size[:, None, None] / grid)
+    size = size.to(start.dtype)[:, None, None]
+    used = (coord >= -1.0) & (coord <= size)
     coord = coord.clamp(min=0)
     low = coord.floor()
     at_edge = low >= size - 1
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    low = torch.where(at_edge, size - 1, low)
     coord = torch.where(at_edge, low, coord)
     frac = coord - low
     high = torch.where(at_edge, low, low + 1)
     index = torch.stack([low, high], dim=-1).long()
-    weight = torch.stack([1 - frac, frac], dim=-1) * used[..., None].to(frac.dtype)
+    weight = torch.stack([1 - frac, frac], dim=-1) * used[..., None]
     return index, weight
 
 
-def _bucket_entries(rois: Tensor, grid_h: Tensor, grid_w: Tensor, g_max: int, output_size: tuple[int, int],
-                    height: int, width: int, x1: Tensor, y1: Tensor, bin_w: Tensor,
-                    bin_h: Tensor) -> tuple[Tensor, Tensor]:
-    """Column indices and weights of the matrix rows of RoIs whose grids fit in ``g_max``.
+class PoolMatrix:
+    """The sparse ``M``: row r's entries are ``cols[offsets[r]:offsets[r + 1]]`` with ``weights``.
 
-    Returns flat tensors in row-major order: per output cell, ``4 * grid_h * grid_w`` entries.
+    Attributes:
+        offsets: [R + 1] int64, cols: [nnz] int64 (pixel rows of the [P, C] features),
+        weights: [nnz] float32, num_cols: P.
     """
-    ph, pw = output_size
-    y_index, y_weight = _axis_weights(y1, bin_h, grid_h, ph, g_max, height)
-    x_index, x_weight = _axis_weights(x1, bin_w, grid_w, pw, g_max, width)
-    batch = rois[:, 0].long() * (height * width)
-    # [n, ph, pw, g, 2, g, 2]: output cell, then y sample and tap, then x sample and tap
-    cols = (batch[:, None, None, None, None, None, None]
-            + y_index[:, :, None, :, :, None, None] * width + x_index[:, None, :, None, None, :, :])
-    weights = y_weight[:, :, None, :, :, None, None] * x_weight[:, None, :, None, None, :, :]
-    count = (grid_h * grid_w).clamp(min=1).to(weights.dtype)
-    weights = weights / count[:, None, None, None, None, None, None]
-    steps = torch.arange(g_max, device=rois.device)
-    keep = ((steps[None, :] < grid_h[:, None])[:, None, None, :, None, None, None]
-            & (steps[None, :] < grid_w[:, None])[:, None, None, None, None, :, None])
-    keep = keep.expand_as(cols)
-    return cols[keep], weights[keep]
+
+    def __init__(self, offsets: Tensor, cols: Tensor, weights: Tensor, num_cols: int) -> None:
+        self.offsets, self.cols, self.weights, self.num_cols = offsets, cols, weights, num_cols
+
+    @property
+    def num_rows(self) -> int:
+        return self.offsets.numel() - 1
+
+    def apply(self, flat: Tensor) -> Tensor:
+        """``M @ flat``: [P, C] -> [R, C] (no autograd: see :class:`_SparsePool`)."""
+        return F.embedding_bag(self.cols, flat, self.offsets, mode='sum', per_sample_weights=self.weights,
+                               include_last_offset=True)
+
+    def transposed(self) -> 'PoolMatrix':
+        """``M^T`` in the same form (entries grouped by column, a stable sort)."""
+        order = torch.argsort(self.cols, stable=True)
+        rows = torch.repeat_interleave(torch.arange(self.num_rows, device=self.cols.device), self.offsets.diff())
+        counts = torch.bincount(self.cols, minlength=self.num_cols)
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return PoolMatrix(offsets, rows[order], self.weights[order], self.num_rows)
 
 
-def sparse_roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-                     sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
-    """torchvision's ``roi_align`` as ``M @ features`` (see the module docstring).
+class _SparsePool(torch.autograd.Function):
+    """``M @ stack_levels(feats)``; backward ``M^T @ grad``, split back into the levels (their
+    dtypes, channels_last strides)."""
+
+    @staticmethod
+    def forward(ctx, matrix: PoolMatrix, *feats: Tensor) -> Tensor:
+        ctx.matrix = matrix
+        ctx.levels = [(f.shape, f.dtype) for f in feats]
+        return matrix.apply(stack_levels(feats))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if not any(ctx.needs_input_grad[1:]):
+            return (None,) * (1 + len(ctx.levels))
+        grad_flat = ctx.matrix.transposed().apply(grad.contiguous())
+        grads, start = [], 0
+        for (b, c, h, w), dtype in ctx.levels:
+            grads.append(grad_flat[start:start + b * h * w].view(b, h, w, c).permute(0, 3, 1, 2).to(dtype))
+            start += b * h * w
+        return (None, *grads)
+
+
+def pool_matrix(rois: Tensor, levels: Tensor, shapes: Sequence[tuple[int, int, int]], scales: Sequence[float],
+                output_size: tuple[int, int], sampling_ratio: int = 0, aligned: bool = True) -> PoolMatrix:
+    """The RoIAlign weights of ``rois`` on the pyramid levels ``levels``.
 
     Args:
-        features: [B, C, H, W] float32.
         rois: [n, 5] (batch_idx, x1, y1, x2, y2) in image pixels.
+        levels: [n] int64 pyramid level of each RoI.
+        shapes: (B, H, W) of each level; the levels' pixels are stacked level by level, each in
+            (image, y, x) order, as :func:`stack_levels` lays them out.
+        scales: spatial scale (1 / stride) of each level.
 
     Returns:
-        [n, C, ph, pw].
+        the matrix with rows in (RoI, ph, pw) order and columns indexing the stacked pixels.
     """
-    num_imgs, channels, height, width = features.shape
     ph, pw = output_size
-    num_rois = rois.size(0)
-    if num_rois == 0:
-        return features.new_zeros((0, channels, ph, pw))
+    device = rois.device
+    rois = rois.float()
+    heights = torch.tensor([s[1] for s in shapes], device=device)[levels]
+    widths = torch.tensor([s[2] for s in shapes], device=device)[levels]
+    starts = torch.tensor([0] + [b * h * w for b, h, w in shapes], device=device).cumsum(0)[levels]
+    base = starts + rois[:, 0].long() * heights * widths
+    scale = torch.tensor(list(scales), dtype=torch.float32, device=device)[levels]
     offset = 0.5 if aligned else 0.0
-    x1, y1 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
-    roi_w, roi_h = rois[:, 3] * spatial_scale - offset - x1, rois[:, 4] * spatial_scale - offset - y1
+    x1, y1 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
+    roi_w, roi_h = rois[:, 3] * scale - offset - x1, rois[:, 4] * scale - offset - y1
     if not aligned:
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
     bin_w, bin_h = roi_w / pw, roi_h / ph
     if sampling_ratio > 0:
-        grid_h = grid_w = torch.full((num_rois,), sampling_ratio, dtype=torch.long, device=rois.device)
+        grid_h = grid_w = torch.full_like(levels, sampling_ratio)
     else:
-        grid_h, grid_w = torch.ceil(roi_h / ph).long().clamp(min=0), torch.ceil(roi_w / pw).long().clamp(min=0)
-    g = torch.maximum(grid_h, grid_w)
-    order = torch.argsort(g, stable=True)
-    cols, vals = [], []
-    for g_max in torch.unique(g).tolist():
-        members = order[g[order] == g_max]
-        c, v = _bucket_entries(rois[members], grid_h[members], grid_w[members], max(g_max, 1), (ph, pw),
-                               height, width, x1[members], y1[members], bin_w[members], bin_h[members])
-        cols.append(c)
-        vals.append(v)
-    per_row = (4 * grid_h[order] * grid_w[order]).repeat_interleave(ph * pw)
-    crow = torch.cat([per_row.new_zeros(1), per_row.cumsum(0)])
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        matrix = torch.sparse_csr_tensor(crow, torch.cat(cols), torch.cat(vals).to(features.dtype),
-                                         (num_rois * ph * pw, num_imgs * height * width))
-    flat = features.permute(0, 2, 3, 1).reshape(num_imgs * height * width, channels)
-    pooled = (matrix @ flat).reshape(num_rois, ph, pw, channels).permute(0, 3, 1, 2)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(num_rois, device=order.device)
-    return pooled[inverse]
+        grid_h = torch.ceil(bin_h).long().clamp(min=0)
+        grid_w = torch.ceil(bin_w).long().clamp(min=0)
+    per_cell = 4 * grid_h * grid_w
+    per_roi = per_cell * (ph * pw)
+    roi_start = per_roi.cumsum(0) - per_roi
+    nnz = int(per_roi.sum())
+    cols = torch.empty(nnz, dtype=torch.long, device=device)
+    weights = torch.empty(nnz, dtype=torch.float32, device=device)
+    key = grid_h * (int(grid_w.max()) + 1) + grid_w if len(rois) else grid_h
+    for k in torch.unique(key).tolist():
+        members = torch.nonzero(key == k).squeeze(1)
+        gh, gw = int(grid_h[members[0]]), int(grid_w[members[0]])
+        if gh == 0 or gw == 0:
+            continue
+        y_index, y_weight = _axis_taps(y1[members], bin_h[members], gh, ph, heights[members])
+        x_index, x_weight = _axis_taps(x1[members], bin_w[members], gw, pw, widths[members])
+        y_weight = y_weight / (gh * gw)
+        n = members.numel()
+        # [n, ph, pw, gh, 2, gw, 2]: output cell, then y sample and tap, then x sample and tap
+        c = (base[members][:, None, None, None, None, None, None]
+             + (y_index * widths[members][:, None, None, None])[:, :, None, :, :, None, None]
+             + x_index[:, None, :, None, None, :, :])
+        w = y_weight[:, :, None, :, :, None, None] * x_weight[:, None, :, None, None, :, :]
+        if n == len(rois):
+            cols.copy_(c.reshape(-1))
+            weights.copy_(w.reshape(-1))
+        else:
+            dest = (roi_start[members][:, None] + torch.arange(c[0].numel(), device=device)).reshape(-1)
+            cols[dest] = c.reshape(-1)
+            weights[dest] = w.reshape(-1)
+    row_sizes = per_cell.repeat_interleave(ph * pw)
+    offsets = torch.cat([row_sizes.new_zeros(1), row_sizes.cumsum(0)])
+    return PoolMatrix(offsets, cols, weights, sum(b * h * w for b, h, w in shapes))
 
 
-def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-              sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
-    """RoIAlign: the sparse-matrix form when training on the CPU, torchvision's kernel otherwise."""
-    needs_grad = torch.is_grad_enabled() and features.requires_grad
-    if features.device.type == 'cpu' and needs_grad and features.dtype == torch.float32:
-        return sparse_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    return tv_roi_align(features, rois, output_size, spatial_scale=spatial_scale,
-                        sampling_ratio=sampling_ratio, aligned=aligned)
+def stack_levels(feats: Sequence[Tensor]) -> Tensor:
+    """The levels' features as rows of one fp32 [P, C] matrix, level by level, each (image, y, x).
+
+    One copy per level (a cast from bf16 / fp16 included); channels_last levels copy contiguously."""
+    channels = feats[0].size(1)
+    flat = feats[0].new_empty((sum(f.numel() // channels for f in feats), channels), dtype=torch.float32)
+    start = 0
+    for f in feats:
+        b, _, h, w = f.shape
+        flat[start:start + b * h * w].view(b, h, w, channels).copy_(f.permute(0, 2, 3, 1))
+        start += b * h * w
+    return flat
+
+
+def sparse_roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tensor, output_size: tuple[int, int],
+                            scales: Sequence[float], sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
+    """RoIAlign of each RoI on its own level in one sparse product (see the module docstring).
+
+    Args:
+        feats: per level [B, C, H_l, W_l] (any float dtype; pooled in fp32).
+        rois: [n, 5] (batch_idx, x1, y1, x2, y2) in image pixels.
+        levels: [n] int64 level of each RoI.
+        scales: spatial scale of each level.
+
+    Returns:
+        [n, C, ph, pw] fp32 (channels_last strides).
+    """
+    ph, pw = output_size
+    channels = feats[0].size(1)
+    if rois.size(0) == 0:
+        return feats[0].new_zeros((0, channels, ph, pw), dtype=torch.float32)
+    matrix = pool_matrix(rois, levels, [tuple(f.shape[i] for i in (0, 2, 3)) for f in feats], scales, output_size,
+                         sampling_ratio, aligned)
+    pooled = _SparsePool.apply(matrix, *feats)
+    return pooled.view(rois.size(0), ph, pw, channels).permute(0, 3, 1, 2)
+
+
+def sparse_roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                     sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
+    """torchvision's ``roi_align`` on one feature map [B, C, H, W] as a sparse product."""
+    levels = torch.zeros(rois.size(0), dtype=torch.long, device=rois.device)
+    return sparse_roi_align_levels([features], rois, levels, output_size, [spatial_scale], sampling_ratio, aligned)
+
+
+def roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tensor, output_size: tuple[int, int],
+                     scales: Sequence[float], sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
+    """RoIAlign of each RoI on its level, in fp32: the sparse form on the CPU, torchvision's kernel
+    (one call per level) elsewhere. Returns [n, C, ph, pw]."""
+    if feats[0].device.type == 'cpu':
+        return sparse_roi_align_levels(feats, rois, levels, output_size, scales, sampling_ratio, aligned)
+    rois = rois.float()
+    pooled = feats[0].new_zeros((rois.size(0), feats[0].size(1), *output_size), dtype=torch.float32)
+    for level, (feat, scale) in enumerate(zip(feats, scales)):
+        inds = torch.nonzero(levels == level).squeeze(1)
+        if inds.numel():
+            pooled[inds] = tv_roi_align(feat.float(), rois[inds], output_size, spatial_scale=scale,
+                                        sampling_ratio=sampling_ratio, aligned=aligned)
+    return pooled

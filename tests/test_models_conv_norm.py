@@ -1,0 +1,125 @@
+"""A BatchNorm with frozen statistics folded into its convolution (``conv_norm``): the same numbers
+and gradients as the two layers, less memory kept for backward, and the two layers again wherever
+folding would change behaviour (statistics that train, forward hooks)."""
+import torch
+from torch import nn
+
+from mixprec.fp16 import wrap_fp16_model
+from mixprec.models.backbones.layers import ConvModule
+from mixprec.models.backbones.resnet import ResNet
+from test_models_c_backbones import randomise_
+
+
+def small_resnet(**kwargs) -> ResNet:
+    torch.manual_seed(0)
+    return randomise_(ResNet(50, base_channels=8, **dict(dict(frozen_stages=1, norm_eval=True), **kwargs)).train())
+
+
+def outputs_and_grads(model: nn.Module, x: torch.Tensor, upstream: list) -> tuple[list, dict]:
+    outs = model(x)
+    sum((o * u.to(o.dtype)).sum() for o, u in zip(outs, upstream)).backward()
+    return [o.detach() for o in outs], {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward during one forward."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+def hook_every_norm(model: nn.Module) -> list:
+    calls = []
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.register_forward_hook(lambda mod, args, out: calls.append(mod))
+    return calls
+
+
+def test_folded_resnet_equals_conv_then_norm_in_float64_with_less_memory():
+    x = torch.randn(2, 3, 160, 128, dtype=torch.float64)
+    folded = small_resnet().double()
+    unfolded = small_resnet().double()
+    calls = hook_every_norm(unfolded)  # a forward hook on a norm keeps it a layer of its own
+    upstream = [torch.randn(o.shape, dtype=torch.float64) for o in folded(x)]
+    outs, grads = outputs_and_grads(folded, x, upstream)
+    ref_outs, ref_grads = outputs_and_grads(unfolded, x, upstream)
+    assert len(calls) == sum(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
+    for out, ref in zip(outs, ref_outs):
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == ref_grads.keys() and any(k.endswith('bn2.weight') for k in grads)
+    for name, ref in ref_grads.items():
+        torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12, msg=name)
+    # the folded layers keep only the convolutions' inputs (and small weights) for backward
+    assert saved_bytes(folded, x) < 0.75 * saved_bytes(unfolded, x)
+
+
+def test_norms_that_train_their_statistics_are_not_folded():
+    model = small_resnet(norm_eval=False)
+    before = model.layer2[0].bn1.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(model.layer2[0].bn1.running_mean, before)
+    model.eval()
+    after = model.layer2[0].bn1.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(model.layer2[0].bn1.running_mean, after)
+
+
+def test_conv_module_with_bn_folds_in_eval_and_half_models_stay_close():
+    torch.manual_seed(1)
+    module = randomise_(ConvModule(4, 6, 3, padding=1, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))).eval()
+    x = torch.randn(2, 4, 10, 10)
+    expected = torch.relu(module.bn(module.conv(x)))
+    torch.testing.assert_close(module(x), expected)
+    # master mode: bf16 convolution weights, fp32 norm; the folded weight is rounded once to bf16
+    model = small_resnet()
+    ref = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    wrap_fp16_model(model, torch.bfloat16, 'master')
+    half = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)).bfloat16())
+    for out, r in zip(half, ref):
+        assert out.dtype == torch.bfloat16
+        assert (out.float() - r).norm() < 0.02 * r.norm()
+
+
+def count_batch_norm_calls(monkeypatch) -> list:
+    calls = []
+    real = torch.nn.modules.batchnorm.F.batch_norm
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.modules.batchnorm.F, 'batch_norm', spy)
+    return calls
+
+
+def test_bf16_training_folds_only_norms_whose_affine_is_frozen(monkeypatch):
+    """A trainable gamma in half precision would get its gradient from the half weight gradient
+    (sum(grad * c) - mean * sum(grad), terms that cancel): such norms stay layers of their own; frozen
+    ones (caffe-style requires_grad=False) fold, no further from fp32 than conv + norm in bf16."""
+    calls = count_batch_norm_calls(monkeypatch)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    trainable = small_resnet()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        trainable(x)
+    frozen_stage_norms = 1 + sum(isinstance(m, nn.BatchNorm2d) for m in trainable.layer1.modules())
+    assert len(calls) == sum(isinstance(m, nn.BatchNorm2d) for m in trainable.modules()) - frozen_stage_norms
+    calls.clear()
+    frozen_affine = dict(norm_cfg=dict(type='BN', requires_grad=False))
+    folded, unfolded, ref_model = small_resnet(**frozen_affine), small_resnet(**frozen_affine), small_resnet(**frozen_affine)
+    hook_every_norm(unfolded)
+    upstream = [torch.randn(o.shape) for o in ref_model(x)]
+    _, ref_grads = outputs_and_grads(ref_model, x, upstream)
+    calls.clear()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs, grads = outputs_and_grads(folded, x, upstream)
+        assert calls == []
+        _, bf16_grads = outputs_and_grads(unfolded, x, upstream)
+    assert all(out.dtype == torch.bfloat16 for out in outs)
+    errors = {name: [(g[name] - r).norm() / r.norm() for g in (grads, bf16_grads)] for name, r in ref_grads.items()}
+    assert all(grads[name].dtype == torch.float32 for name in ref_grads) and len(errors) > 30
+    assert sum(e[0] for e in errors.values()) < 1.2 * sum(e[1] for e in errors.values())
