@@ -25,7 +25,7 @@ setup(
         'matplotlib>=3.5',
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout>=2', 'tensorboard>=2.10'],
+        'test': ['pytest>=7', 'pytest-timeout>=2', 'tensorboard>=2.10', 'faster-coco-eval>=1.6'],
         'eval': ['faster-coco-eval>=1.6'],
         'tensorboard': ['tensorboard>=2.10'],
         'wandb': ['wandb>=0.15'],

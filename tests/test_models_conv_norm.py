@@ -123,3 +123,27 @@ def test_bf16_training_folds_only_norms_whose_affine_is_frozen(monkeypatch):
     errors = {name: [(g[name] - r).norm() / r.norm() for g in (grads, bf16_grads)] for name, r in ref_grads.items()}
     assert all(grads[name].dtype == torch.float32 for name in ref_grads) and len(errors) > 30
     assert sum(e[0] for e in errors.values()) < 1.2 * sum(e[1] for e in errors.values())
+
+
+def test_fp32_1x1_convolutions_on_the_cpu_go_to_onednn_with_the_same_numbers(monkeypatch):
+    calls = []
+    real = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, 'mkldnn_convolution', lambda *args: calls.append(args[1].shape) or real(*args))
+    torch.manual_seed(4)
+    lateral = ConvModule(16, 8, 1)  # an FPN lateral: 1x1 with bias, no norm
+    x = torch.randn(2, 16, 12, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = lateral(x)
+    expected = torch.nn.functional.conv2d(x, lateral.conv.weight, lateral.conv.bias)
+    torch.testing.assert_close(out, expected)
+    assert calls == [(8, 16, 1, 1)]
+    grads = torch.autograd.grad(out.sum(), [x, lateral.conv.weight, lateral.conv.bias])
+    expected_grads = torch.autograd.grad(expected.sum(), [x, lateral.conv.weight, lateral.conv.bias])
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)
+    # a 3x3, a hooked conv and autocast keep PyTorch's own dispatch
+    ConvModule(16, 8, 3, padding=1)(x)
+    lateral.conv.register_forward_hook(lambda *args: None)
+    lateral(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert ConvModule(16, 8, 1)(x).dtype == torch.bfloat16
+    assert calls == [(8, 16, 1, 1)]

@@ -21,7 +21,7 @@ from mixprec.data import COCO_CLASSES, collate
 from mixprec.data.pipelines import Compose
 from mixprec.engine.runner import move_to_device
 from mixprec.fp16 import resolve_dtype, wrap_fp16_model
-from mixprec.models import build_detector
+from mixprec.models import build_detector, place_model
 from mixprec.registry import ConfigError
 
 ImageInput = Union[str, Path, np.ndarray]
@@ -82,7 +82,7 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
         names = COCO_CLASSES
     model.CLASSES = tuple(names or getattr(model, 'CLASSES', None) or ())
     model.cfg = config
-    return model.to(device).eval()
+    return place_model(model, device).eval()
 
 
 def _array_sample(img: np.ndarray) -> dict:

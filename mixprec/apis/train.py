@@ -21,6 +21,7 @@ from mixprec.data.errors import DataError
 from mixprec.engine import (DistEvalHook, DistSamplerSeedHook, EvalHook, Runner, all_gather_object,
                             broadcast_object, get_dist_info, get_logger)
 from mixprec.engine.optimizer import build_optimizer
+from mixprec.models import place_model
 from mixprec.registry import ConfigError
 
 
@@ -195,7 +196,7 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
                                            dist=distributed, shuffle=False)
 
     device = _select_device(cfg, distributed)
-    model = model.to(device)
+    model = place_model(model, device)
     auto_scale_lr(cfg, distributed, logger)
     with config_section(path, 'optimizer'):
         optimizer = build_optimizer(model, cfg.optimizer)

@@ -6,6 +6,7 @@ from . import necks
 from . import dense_heads
 from . import detectors
 from . import roi_heads
-from .builder import build_backbone, build_detector, build_head, build_loss, build_neck, build_task_util
+from .builder import build_backbone, build_detector, build_head, build_loss, build_neck, build_task_util, place_model
 
-__all__ = ['build_backbone', 'build_detector', 'build_head', 'build_loss', 'build_neck', 'build_task_util']
+__all__ = ['build_backbone', 'build_detector', 'build_head', 'build_loss', 'build_neck', 'build_task_util',
+           'place_model']

@@ -37,7 +37,7 @@ from mixprec.cli import run_cli
 from mixprec.config import Config, DictAction, load_config
 from mixprec.data import build_dataloader, build_dataset
 from mixprec.engine import Runner, move_to_device
-from mixprec.models import build_detector
+from mixprec.models import build_detector, place_model
 from mixprec.registry import HOOKS, ConfigError
 
 RESULT_PREFIX = 'benchmark-result: '
@@ -271,7 +271,7 @@ def train_one_precision(args: argparse.Namespace, cfg: Config, precision: str) -
     """Train ``--warmup + --train-iters`` iterations in this process; the measured numbers as a dict."""
     device = default_device()
     set_random_seed(0)
-    model = build_detector(without_pretrained(cfg.model)).to(device)
+    model = place_model(build_detector(without_pretrained(cfg.model)), device)
     dataset = build_dataset(cfg.data.train)
     samples = args.samples_per_gpu or cfg.data.samples_per_gpu
     loader = build_dataloader(dataset, samples, cfg.data.get('workers_per_gpu', 0), seed=0)

@@ -7,8 +7,9 @@
 
 For each detector and each configuration, in a fresh subprocess (so peak memories do not mix):
 
-* ours: built from ``configs/_base_/models/<model>_r50_fpn.py`` (backbone ``init_cfg=None``), trained
-  the way the Runner trains it: ``model(**batch)``, ``parse_losses``, then the optimizer hook's
+* ours: built from ``configs/_base_/models/<model>_r50_fpn.py`` (backbone ``init_cfg=None``), placed
+  on the device by ``place_model`` as ``tools/train.py`` and ``tools/test.py`` place it (channels_last
+  convolution weights on the CPU), trained the way the Runner trains it: ``model(**batch)``, ``parse_losses``, then the optimizer hook's
   ``after_train_iter`` on a runner-like object: ``OptimizerHook`` (``fp32``),
   ``Fp16OptimizerHook(dtype, mode='master')`` (``master``) or ``mode='autocast'`` (``autocast``);
 * torchvision: ``FasterRCNN`` / ``MaskRCNN`` / ``RetinaNet`` on a ResNet-FPN backbone assembled as
@@ -287,8 +288,9 @@ def ours_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: t
     from mixprec.engine.hooks import OptimizerHook
     from mixprec.engine.runner import parse_losses
     from mixprec.fp16 import Fp16OptimizerHook
+    from mixprec.models import place_model
 
-    model = build_ours(args, model_name).to(device)
+    model = place_model(build_ours(args, model_name), device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -322,8 +324,9 @@ def ours_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: t
 def ours_predict_fn(args: argparse.Namespace, model_name: str, mode: str, device: torch.device, batch: dict):
     """A closure running inference on the batch as ``tools/test.py`` does; returns detections per image."""
     from mixprec.fp16 import wrap_fp16_model
+    from mixprec.models import place_model
 
-    model = build_ours(args, model_name).to(device)
+    model = place_model(build_ours(args, model_name), device)
     if mode != 'fp32':
         wrap_fp16_model(model, dtype=mixed_dtype(args, device), mode=mode)
     model.eval()
