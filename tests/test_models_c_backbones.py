@@ -356,26 +356,24 @@ def tiny_variant_cfg(variant: str) -> dict:
     return cfg
 
 
-FAST = {('dc5_faster', 'master', 'float16'), ('dc5_faster', 'autocast', 'float16'),
-        ('c4_faster', 'master', 'bfloat16'), ('c4_mask', 'autocast', 'bfloat16'), ('x50_fpn_faster', 'master', 'bfloat16')}
-TRAIN_CASES = [pytest.param(v, m, d, marks=() if (v, m, d) in FAST else pytest.mark.slow, id=f'{v}-{m}-{d}')
-               for v in ('c4_faster', 'c4_mask', 'dc5_faster', 'x50_fpn_faster')
-               for m in ('master', 'autocast') for d in ('float16', 'bfloat16')]
+TRAIN_CASES = [pytest.param(v, m, marks=pytest.mark.slow if v.startswith('c4') else (), id=f'{v}-{m}-float16')
+               for v, m in (('dc5_faster', 'master'), ('dc5_faster', 'autocast'), ('c4_faster', 'master'),
+                            ('c4_mask', 'autocast'), ('x50_fpn_faster', 'master'))]
 
 
-@pytest.mark.parametrize('variant, mode, dtype', TRAIN_CASES)
-def test_variant_trains_on_shapes_under_the_fp16_hook(variant, mode, dtype):
-    """Ten steps on two shapes images: finite fp32 losses, no skipped step, the loss falls; then a test pass.
+@pytest.mark.parametrize('variant, mode', TRAIN_CASES)
+def test_variant_trains_on_shapes_under_the_fp16_hook(variant, mode):
+    """Ten float16 steps (static loss scale 512) on two shapes images: finite fp32 losses, no skipped
+    step, the loss falls; then a test pass.
 
-    float16 on the CPU is slow, so the quick suite runs float16 on DC5 (both modes) and bfloat16 on the
-    others; the whole matrix is marked slow."""
+    float16 on the CPU is slow, so each variant runs one mode (DC5 both); bfloat16 runs every variant in
+    both modes in :func:`test_variant_finds_its_training_shapes`, which also checks what they learn."""
     torch.manual_seed(0)
     model = MODELS.build(tiny_variant_cfg(variant))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     runner = make_runner(model, torch.optim.SGD(params, lr=0.02, momentum=0.9))
-    hook = Fp16OptimizerHook(loss_scale=512. if dtype == 'float16' else None, dtype=dtype, mode=mode,
-                             grad_clip=dict(max_norm=35, norm_type=2))
+    hook = Fp16OptimizerHook(loss_scale=512., dtype='float16', mode=mode, grad_clip=dict(max_norm=35, norm_type=2))
     hook.before_run(runner)
     img, boxes, labels, masks = make_shapes(num_images=2, size=96 if variant == 'c4_mask' else 128, seed=1)
     metas = shapes_metas(img)

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from helpers.runtime import load_train_tool, train
+from helpers.tiny import ROOT
+from mixprec.config import load_config
 from mixprec.engine import NonFiniteLossError
 from mixprec.registry import ConfigError
 
@@ -55,7 +57,8 @@ def fp32_run(tmp_path_factory):
 @pytest.mark.slow
 def test_auto_scale_lr_scales_the_optimizer_lr(fp32_run):
     runner, work_dir, _, _ = fp32_run
-    expected = 0.04 * (1 * 2) / 4  # lr of the shapes config * (1 GPU * samples_per_gpu 2) / base_batch_size
+    base_lr = load_config(os.path.join(ROOT, 'configs/shapes/mask_rcnn_r18_fpn_bf16_shapes.py')).optimizer.lr
+    expected = base_lr * (1 * 2) / 4  # lr of the shapes config * (1 GPU * samples_per_gpu 2) / base_batch_size
     assert runner.optimizer.param_groups[0]['lr'] == pytest.approx(expected)
     assert all(r['lr'] == pytest.approx(expected) for r in log_records(work_dir) if r['mode'] == 'train')
 

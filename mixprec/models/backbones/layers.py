@@ -76,8 +76,7 @@ class _FoldedConv(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, conv: nn.Conv2d) -> Tensor:
         ctx.conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
         ctx.save_for_backward(x, weight, scale)
-        stride, padding, dilation, groups = ctx.conv_args
-        return conv2d(x, _fold(weight, scale, x.dtype), shift, stride, padding, dilation, groups)
+        return conv2d(x, _fold(weight, scale, x.dtype), shift, *ctx.conv_args)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -128,6 +127,10 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
             or conv.padding_mode != 'zeros' or isinstance(conv.padding, str) or _has_hooks(conv)
             or _has_hooks(norm)):
         return norm(conv(x))
+    dtype = _autocast_dtype(x.device.type) or conv.weight.dtype
+    gamma_trains = torch.is_grad_enabled() and norm.weight is not None and norm.weight.requires_grad
+    if gamma_trains and dtype not in _FULL_PRECISION:
+        return norm(conv(x))
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = norm.weight * scale
@@ -136,11 +139,9 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
         shift = shift + norm.bias
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    dtype = _autocast_dtype(x.device.type) or conv.weight.dtype
-    if torch.is_grad_enabled() and scale.requires_grad and dtype not in _FULL_PRECISION:
-        return norm(conv(x))
     x, shift = x.to(dtype), shift.to(dtype)
-    if not torch.is_grad_enabled() or not (x.requires_grad or conv.weight.requires_grad or scale.requires_grad):
+    if not torch.is_grad_enabled() or not (x.requires_grad or conv.weight.requires_grad or gamma_trains
+                                           or shift.requires_grad):
         return conv2d(x, _fold(conv.weight, scale, dtype), shift, conv.stride, conv.padding, conv.dilation,
                       conv.groups)
     with torch.autocast(x.device.type, enabled=False):
