@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from helpers.tiny import ROOT, write_tiny_config
 from helpers.toy import toy_collate
-from mixprec.engine import Runner
+from mixprec.engine import Hook, Runner
 from mixprec.engine.optimizer import build_optimizer
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import OPTIMIZER_BUILDERS, ConfigError
@@ -256,6 +256,32 @@ def test_gradient_cumulative_equals_one_step_over_the_concatenated_batch(grad_cl
         unclipped = reference_windows(Regressor(), imgs, targets, windows, grad_clip=None)
         assert not torch.allclose(expected, torch.cat([p.detach().flatten() for p in unclipped.parameters()]),
                                   rtol=1e-3)   # the clip mattered
+
+
+@pytest.mark.parametrize('hook_cfg', [dict(type='OptimizerHook'),
+                                      dict(type='GradientCumulativeOptimizerHook', cumulative_iters=2)])
+def test_gradients_are_released_before_the_forward_pass_and_seen_after_the_step(hook_cfg):
+    """The previous step's gradients are gone while the next forward runs (inside an accumulation
+    window they stay), and a later hook's after_train_iter still reads this step's."""
+    data, _, _ = regression_data(8)
+    torch.manual_seed(0)
+    model = Regressor()
+    during_forward, after_step = [], []
+    model.register_forward_pre_hook(lambda m, args: during_forward.append(
+        [p.grad is None for p in m.parameters()]))
+
+    class GradReader(Hook):
+        def after_train_iter(self, runner) -> None:
+            after_step.append(all(p.grad is not None for p in runner.model.parameters()))
+
+    runner = Runner(model, torch.optim.SGD(model.parameters(), lr=0.1), max_iters=4,
+                    logger=logging.getLogger('mixprec.test'))
+    runner.register_training_hooks(None, hook_cfg, None, None)
+    runner.register_hook(GradReader(), priority='LOW')
+    runner.run(DataLoader(data, batch_size=2, shuffle=False, collate_fn=toy_collate))
+    released = [all(flags) for flags in during_forward]
+    window = hook_cfg.get('cumulative_iters', 1)
+    assert released == [i % window == 0 for i in range(4)] and after_step == [True] * 4
 
 
 @pytest.mark.slow

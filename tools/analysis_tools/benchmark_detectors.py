@@ -304,6 +304,8 @@ def ours_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: t
     data = ours_inputs(batch)
 
     def step() -> float:
+        set_lr(optimizer, runner.iter)
+        hook.before_train_iter(runner)  # the Runner's order: before_train_iter hooks, forward, after_train_iter
         inputs = dict(data, img_metas=[dict(m) for m in data['img_metas']])
         losses = runner.model(**inputs)
         loss, terms = parse_losses(losses)
@@ -311,9 +313,6 @@ def ours_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: t
         log_vars = dict(zip(terms.keys(), values))
         runner.outputs = dict(loss=loss, log_vars=log_vars, num_samples=len(inputs['img_metas']))
         runner.log_buffer.update(log_vars, len(inputs['img_metas']))
-        set_lr(optimizer, runner.iter)
-        if hasattr(hook, 'before_train_iter'):
-            hook.before_train_iter(runner)
         hook.after_train_iter(runner)
         runner.iter += 1
         return log_vars['loss']

@@ -34,6 +34,12 @@ class OptimizerHook(Hook):
         self.max_nonfinite_iters = max_nonfinite_iters
         self.nonfinite_streak = 0
 
+    def before_train_iter(self, runner) -> None:
+        """Release the previous step's gradients before the forward pass (torchvision's reference
+        loop zeroes there too), so the activations never share memory with a full set of gradients
+        (164 MB for an fp32 R-50 Faster R-CNN); every after_train_iter hook has still seen them."""
+        runner.optimizer.zero_grad(set_to_none=True)
+
     def after_train_iter(self, runner) -> None:
         loss = runner.outputs['loss']
         bad_terms = [k for k, v in runner.outputs['log_vars'].items() if not math.isfinite(v)]
@@ -106,8 +112,13 @@ class GradientCumulativeOptimizerHook(OptimizerHook):
         return divisor, it % n == 0, (it + 1) % n == 0 or it + 1 >= max_iters
 
     def before_train_iter(self, runner) -> None:
+        """At a window's start, release the gradients (see :class:`OptimizerHook`); under DDP, reduce
+        them only on the window's last backward."""
+        _, first, last = self._window(runner)
+        if first:
+            runner.optimizer.zero_grad(set_to_none=True)
         if isinstance(runner.model, nn.parallel.DistributedDataParallel):
-            runner.model.require_backward_grad_sync = self._window(runner)[2]
+            runner.model.require_backward_grad_sync = last
 
     def after_train_iter(self, runner) -> None:
         divisor, first, last = self._window(runner)

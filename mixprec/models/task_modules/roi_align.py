@@ -190,7 +190,8 @@ def sparse_roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tenso
         scales: spatial scale of each level.
 
     Returns:
-        [n, C, ph, pw] fp32 (channels_last strides).
+        [n, C, ph, pw] fp32, contiguous: a box head's flatten is then a view, where the pooled cells'
+        own (n, ph, pw, C) layout would need a second copy of them alive beside the first.
     """
     ph, pw = output_size
     channels = feats[0].size(1)
@@ -199,7 +200,7 @@ def sparse_roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tenso
     matrix = pool_matrix(rois, levels, [tuple(f.shape[i] for i in (0, 2, 3)) for f in feats], scales, output_size,
                          sampling_ratio, aligned)
     pooled = _SparsePool.apply(matrix, *feats)
-    return pooled.view(rois.size(0), ph, pw, channels).permute(0, 3, 1, 2)
+    return pooled.view(rois.size(0), ph, pw, channels).permute(0, 3, 1, 2).contiguous()
 
 
 def sparse_roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
