@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import winograd
+
 _NORM_TYPES = {'BN': ('bn', nn.BatchNorm2d), 'SyncBN': ('bn', nn.SyncBatchNorm), 'GN': ('gn', nn.GroupNorm)}
 
 
@@ -55,17 +57,39 @@ def _autocast_dtype(device: str) -> Optional[torch.dtype]:
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups: int) -> Tensor:
-    """``F.conv2d``, with fp32 1x1 convolutions on the CPU sent to oneDNN.
+    """``F.conv2d``, with two fp32 CPU routes that do the same arithmetic faster.
 
-    PyTorch runs a stride-1 1x1 fp32 convolution with one thread and a batch under 16 as an MKL
-    GEMM, which on AMD CPUs reaches half of oneDNN's speed (a ResNet-50 1x1 at 512 px: 44 against
-    84 GFLOP/s here). Same numbers up to float rounding; the backward is PyTorch's in both cases.
+    Stride-1 3x3 convolutions wide and large enough go to Winograd F(4x4, 3x3) (:mod:`.winograd`:
+    a quarter of the multiplications, its own backward). 1x1 convolutions go to oneDNN: PyTorch
+    runs a stride-1 1x1 fp32 convolution with one thread and a batch under 16 as an MKL GEMM, which
+    on AMD CPUs reaches half of oneDNN's speed (a ResNet-50 1x1 at 512 px: 44 against 84 GFLOP/s
+    here); its backward is PyTorch's. Same numbers up to float rounding; half precision and
+    autocast are untouched.
     """
-    if (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.shape[-2:] == (1, 1)
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and _autocast_dtype('cpu') is None):
-        return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
+    if x.device.type == 'cpu' and x.dtype == torch.float32 and _autocast_dtype('cpu') is None:
+        if winograd.applies(x, weight, stride, padding, dilation, groups):
+            return winograd.conv3x3(x, weight, bias)
+        if (weight.shape[-2:] == (1, 1) and torch.backends.mkldnn.is_available()
+                and torch.backends.mkldnn.enabled):
+            return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def run_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` through :func:`conv2d`; as the module's own call when it has forward hooks
+    (a user's hook still sees it run) or pads other than with zeros."""
+    if _has_hooks(conv) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        return conv(x)
+    return conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, args: tuple, output_mask: list) -> tuple:
+    """``(grad_x, grad_weight, grad_bias)`` of :func:`conv2d` (None where ``output_mask`` is False)."""
+    stride, padding, dilation, groups = args
+    if winograd.applies(x, weight, stride, padding, dilation, groups):
+        return winograd.conv3x3_backward(grad, x, weight, output_mask)
+    return torch.ops.aten.convolution_backward(grad, x, weight, [weight.size(0)], stride, padding, dilation,
+                                               False, [0] * len(stride), groups, output_mask)
 
 
 class _FoldedConv(torch.autograd.Function):
@@ -82,12 +106,10 @@ class _FoldedConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight, scale = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv_args
         folded = _fold(weight, scale, x.dtype)
         needs_x, needs_w, needs_s, needs_b = ctx.needs_input_grad[:4]
-        grad_x, grad_folded, grad_shift = torch.ops.aten.convolution_backward(
-            grad, x, folded, [folded.size(0)], stride, padding, dilation, False, [0] * len(stride), groups,
-            [needs_x, needs_w or needs_s, needs_b])
+        grad_x, grad_folded, grad_shift = _conv2d_backward(grad, x, folded, ctx.conv_args,
+                                                           [needs_x, needs_w or needs_s, needs_b])
         grad_w = grad_s = None
         if needs_w:
             grad_w = (grad_folded * _per_channel(scale, weight)).to(weight.dtype)
@@ -126,11 +148,11 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     if (not isinstance(norm, _BatchNorm) or norm.training or norm.running_var is None
             or conv.padding_mode != 'zeros' or isinstance(conv.padding, str) or _has_hooks(conv)
             or _has_hooks(norm)):
-        return norm(conv(x))
+        return norm(run_conv(conv, x))
     dtype = _autocast_dtype(x.device.type) or conv.weight.dtype
     gamma_trains = torch.is_grad_enabled() and norm.weight is not None and norm.weight.requires_grad
     if gamma_trains and dtype not in _FULL_PRECISION:
-        return norm(conv(x))
+        return norm(run_conv(conv, x))
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = norm.weight * scale
@@ -181,13 +203,10 @@ class ConvModule(nn.Module):
         self.activate = nn.ReLU(inplace=inplace) if act_cfg is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        conv = self.conv
         if self.norm_name is not None:
-            x = conv_norm(conv, getattr(self, self.norm_name), x)
-        elif _has_hooks(conv) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
-            x = conv(x)
+            x = conv_norm(self.conv, getattr(self, self.norm_name), x)
         else:
-            x = conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            x = run_conv(self.conv, x)
         if self.activate is not None:
             x = self.activate(x)
         return x
