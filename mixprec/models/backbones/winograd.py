@@ -78,24 +78,30 @@ def _filter_transform(weight: Tensor, adjoint: bool, taps: Tensor, out: Tensor) 
     return torch.mm(kg, taps.view(9, -1), out=out.view(36, -1)).view(36, c_out, c_in)
 
 
-_BLOCK_FLOATS = 1 << 21  # transformed tiles held at once (8 MB): near the cache, below malloc's mmap threshold
+_BLOCK_FLOATS = 1 << 20  # transformed values a block holds at once (4 MB, near the cache)
 
 
 class _Scratch(threading.local):
-    """A float32 buffer each thread reuses for the per-block temporaries. Allocating them afresh for
-    every block (thousands a step, megabytes each) fragments the heap between the activations:
-    the process grew by about 250 MB that way, although no more tensors were alive at once."""
+    """A float32 buffer each thread reuses for the transforms' temporaries.
+
+    Allocated afresh for every block (thousands a step, megabytes each), they fragmented the heap
+    between the activations: a Mask R-CNN fp32 step's peak RSS grew by about 150 MB although no more
+    tensors were alive at once. The buffer is at least ``_MAPPED_FLOATS`` so that malloc maps it
+    outside the heap (glibc's mmap threshold is at most 32 MB); pages it never touches cost no
+    memory. A smaller one, grown on demand inside the heap, still left about 100 MB of holes.
+    """
     buffer: Optional[Tensor] = None
 
 
 _SCRATCH = _Scratch()
+_MAPPED_FLOATS = 9 << 20  # 36 MB
 
 
 def _scratch(*sizes: int) -> list[Tensor]:
     """Flat, disjoint float32 views of ``sizes`` elements each into this thread's scratch buffer."""
     if _SCRATCH.buffer is None or _SCRATCH.buffer.numel() < sum(sizes):
         _SCRATCH.buffer = None
-        _SCRATCH.buffer = torch.empty(sum(sizes))
+        _SCRATCH.buffer = torch.empty(max(sum(sizes), _MAPPED_FLOATS))
     views, start = [], 0
     for size in sizes:
         views.append(_SCRATCH.buffer[start:start + size])
@@ -108,7 +114,7 @@ class _Blocks:
     holding about ``_BLOCK_FLOATS`` transformed values each; ``max_tiles`` bounds a block's tiles."""
 
     def __init__(self, n: int, h: int, w: int, channels: int) -> None:
-        self.n, self.h, self.w = n, h, w
+        self.n = n
         self.tiles_h, self.tiles_w = -(-h // TILE), -(-w // TILE)
         rows = max(1, _BLOCK_FLOATS // (36 * self.tiles_w * channels))
         self.images = rows // self.tiles_h if rows >= self.tiles_h else 0
@@ -160,17 +166,18 @@ def _forward_nhwc(x_nhwc: Tensor, weight: Tensor, bias: Optional[Tensor], adjoin
     blocks = _Blocks(n, h, w, max(c_in, c_out))
     th, tw, t = blocks.tiles_h, blocks.tiles_w, blocks.max_tiles
     cropped = th * TILE != h or tw * TILE != w
-    taps, u, padded, windows, v, m, o, whole = _scratch(
-        9 * c_out * c_in, 36 * c_out * c_in, blocks.padded_size(c_in), 36 * t * c_in, 36 * t * c_in,
-        36 * t * c_out, TILE * TILE * t * c_out, TILE * TILE * t * c_out if cropped else 0)
+    # windows is dead once v is computed, v once m is: m and o reuse their space.
+    taps, u, padded, windows_m, v_o, whole = _scratch(
+        9 * c_out * c_in, 36 * c_out * c_in, blocks.padded_size(c_in), 36 * t * max(c_in, c_out),
+        max(36 * c_in, TILE * TILE * c_out) * t, TILE * TILE * t * c_out if cropped else 0)
     u_t = _filter_transform(weight, adjoint, taps, u).transpose(1, 2)
     y = torch.empty((n, c_out, h, w), dtype=x_nhwc.dtype, memory_format=torch.channels_last)
     y_nhwc = y.permute(0, 2, 3, 1)
     for images, rows in blocks:
         n_block, rows_block = images.stop - images.start, rows.stop - rows.start
-        v_block = _input_transform(x_nhwc, blocks, images, rows, padded, windows, v)
-        m_block = torch.bmm(v_block, u_t, out=m[:v_block.shape[1] * 36 * c_out].view(36, -1, c_out))
-        o_block = torch.mm(ka, m_block.view(36, -1), out=o[:m_block.numel() // 36 * TILE * TILE].view(16, -1))
+        v_block = _input_transform(x_nhwc, blocks, images, rows, padded, windows_m, v_o)
+        m_block = torch.bmm(v_block, u_t, out=windows_m[:v_block.shape[1] * 36 * c_out].view(36, -1, c_out))
+        o_block = torch.mm(ka, m_block.view(36, -1), out=v_o[:m_block.numel() // 36 * TILE * TILE].view(16, -1))
         o_block = o_block.view(TILE, TILE, n_block, rows_block, tw, c_out).permute(2, 3, 0, 4, 1, 5)
         if not cropped:
             y_nhwc[images, rows.start * TILE:rows.stop * TILE].view(n_block, rows_block, TILE, tw, TILE,
@@ -201,9 +208,11 @@ def _filter_gradient(grad_nhwc: Tensor, x_nhwc: Tensor) -> Tensor:
     c_in = x_nhwc.shape[-1]
     blocks = _Blocks(n, h, w, max(c_in, c_out))
     tw, t = blocks.tiles_w, blocks.max_tiles
-    grad_u, taps, padded, windows, v, grad_rows, grad_tiles, grad_m = _scratch(
-        36 * c_out * c_in, 9 * c_out * c_in, blocks.padded_size(c_in), 36 * t * c_in, 36 * t * c_in,
-        TILE * TILE * t * c_out, TILE * TILE * t * c_out, 36 * t * c_out)
+    # The output-gradient tiles are dead once transformed, the padded rows once copied to them:
+    # the input transform's windows and its result reuse their space.
+    grad_u, taps, padded, tiles_windows, rows_v, grad_m = _scratch(
+        36 * c_out * c_in, 9 * c_out * c_in, blocks.padded_size(c_in), max(36 * c_in, TILE * TILE * c_out) * t,
+        max(36 * c_in, TILE * TILE * c_out) * t, 36 * t * c_out)
     grad_u = grad_u.view(36, c_out, c_in).zero_()
     for images, rows in blocks:
         n_block, rows_block = images.stop - images.start, rows.stop - rows.start
@@ -211,14 +220,14 @@ def _filter_gradient(grad_nhwc: Tensor, x_nhwc: Tensor) -> Tensor:
         top, bottom = rows.start * TILE, min(rows.stop * TILE, h)
         source = grad_nhwc[images, top:bottom]
         if bottom - top != rows_block * TILE or w != tw * TILE:  # zero-pad to whole tiles
-            whole = grad_rows[:TILE * TILE * tiles * c_out].view(n_block, rows_block * TILE, tw * TILE, c_out)
+            whole = rows_v[:TILE * TILE * tiles * c_out].view(n_block, rows_block * TILE, tw * TILE, c_out)
             whole.zero_()
             whole[:, :bottom - top, :w].copy_(source)
             source = whole
-        g = grad_tiles[:TILE * TILE * tiles * c_out].view(TILE, TILE, n_block, rows_block, tw, c_out)
+        g = tiles_windows[:TILE * TILE * tiles * c_out].view(TILE, TILE, n_block, rows_block, tw, c_out)
         g.permute(2, 3, 0, 4, 1, 5).copy_(source.reshape(n_block, rows_block, TILE, tw, TILE, c_out))
         g_m = torch.mm(ka.t(), g.view(TILE * TILE, -1), out=grad_m[:36 * tiles * c_out].view(36, -1))
-        v_block = _input_transform(x_nhwc, blocks, images, rows, padded, windows, v)
+        v_block = _input_transform(x_nhwc, blocks, images, rows, padded, tiles_windows, rows_v)
         grad_u.baddbmm_(g_m.view(36, tiles, c_out).transpose(1, 2), v_block)
     return torch.mm(kg.t(), grad_u.view(36, -1), out=taps.view(9, -1)).view(3, 3, c_out, c_in).permute(2, 3, 0, 1)
 

@@ -1,0 +1,152 @@
+"""fp32 3x3 convolutions as Winograd F(4x4, 3x3) (``winograd``): the direct convolution's values
+and gradients to float rounding, in every block layout and at sizes that are not whole tiles, and
+reached from the layers, heads and folded norms exactly where it applies."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixprec.models.backbones import layers, winograd
+from mixprec.models.backbones.layers import ConvModule, conv_norm, run_conv
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.double() - reference).norm() / reference.norm()).item()
+
+
+def float64_reference(x, weight, bias, upstream):
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    out = F.conv2d(x64, w64, b64, padding=1)
+    grads = torch.autograd.grad(out, [x64, w64, b64], upstream.double())
+    return out, grads
+
+
+@pytest.mark.parametrize('block', ['all', 'image', 'two rows', 'row'])
+@pytest.mark.parametrize('shape', [(2, 24, 16, 13, 17), (3, 16, 24, 12, 8), (1, 8, 8, 5, 4)])
+def test_winograd_equals_the_direct_convolution_values_and_gradients(monkeypatch, block, shape):
+    """All images in one block, an image a block, two tile rows and one tile row a block; maps of
+    whole tiles and not; C_in above, below and equal to C_out: within 2e-5 of float64 where fp32's
+    direct convolution is within ~3e-7 (the transforms' coefficients cost a few bits)."""
+    n, c_in, c_out, h, w = shape
+    tiles_h, row = -(-h // 4), 36 * -(-w // 4) * max(c_in, c_out)
+    block_floats = {'all': 1 << 20, 'image': row * tiles_h, 'two rows': row * 2, 'row': row}[block]
+    monkeypatch.setattr(winograd, '_BLOCK_FLOATS', block_floats)
+    blocks = list(winograd._Blocks(n, h, w, max(c_in, c_out)))
+    assert len(blocks) == {'all': 1, 'image': n, 'two rows': n * -(-tiles_h // 2), 'row': n * tiles_h}[block]
+    torch.manual_seed(sum(shape))
+    x = torch.randn(n, c_in, h, w).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(c_out, c_in, 3, 3).requires_grad_()
+    bias = torch.randn(c_out).requires_grad_()
+    upstream = torch.randn(n, c_out, h, w)
+    out = winograd.conv3x3(x, weight, bias)
+    grads = torch.autograd.grad(out, [x, weight, bias], upstream)
+    ref_out, ref_grads = float64_reference(x, weight, bias, upstream)
+    assert out.shape == (n, c_out, h, w) and out.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(out, ref_out) < 2e-5
+    for name, grad, ref in zip(('x', 'weight', 'bias'), grads, ref_grads):
+        assert grad.shape == ref.shape, name
+        assert relative_error(grad, ref) < 2e-5, name
+    assert (out - ref_out).abs().max() / ref_out.abs().max() < 1e-4
+
+
+def test_the_output_is_a_tensor_of_its_own_that_in_place_ops_may_change():
+    x = torch.randn(1, 8, 8, 8, requires_grad=True)
+    weight = torch.randn(8, 8, 3, 3, requires_grad=True)
+    out = F.relu_(winograd.conv3x3(x, weight, None))  # ReLU(inplace=True) after a conv, as ConvModule does
+    out.sum().backward()
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    F.relu(F.conv2d(x64, w64, padding=1)).sum().backward()
+    assert relative_error(x.grad, x64.grad) < 2e-5 and relative_error(weight.grad, w64.grad) < 2e-5
+    with torch.no_grad():
+        assert not winograd.conv3x3(x, weight, None).requires_grad
+
+
+def test_winograd_applies_only_to_wide_fp32_stride_1_3x3_convolutions_on_large_enough_maps():
+    x = torch.randn(2, 128, 32, 32)
+    w = torch.randn(128, 128, 3, 3)
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    assert winograd.applies(x, w, *args)
+    assert not winograd.applies(x.bfloat16(), w.bfloat16(), *args)
+    assert not winograd.applies(x.double(), w.double(), *args)
+    assert not winograd.applies(x, w, (2, 2), (1, 1), (1, 1), 1)
+    assert not winograd.applies(x, w, (1, 1), (2, 2), (2, 2), 1)
+    assert not winograd.applies(x, w, (1, 1), (0, 0), (1, 1), 1)
+    assert not winograd.applies(x, torch.randn(128, 1, 3, 3), (1, 1), (1, 1), (1, 1), 128)
+    assert not winograd.applies(x, torch.randn(128, 128, 1, 1), (1, 1), (0, 0), (1, 1), 1)
+    assert not winograd.applies(x[:, :64], torch.randn(128, 64, 3, 3), *args)  # narrow: transforms dominate
+    assert not winograd.applies(x[:1, :, :16, :16], w, *args)  # 256 outputs: too few tiles
+
+
+def count_winograd_calls(monkeypatch) -> list:
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, 'conv3x3', lambda x, w, b: calls.append(tuple(w.shape)) or real(x, w, b))
+    return calls
+
+
+def test_conv_module_rpn_style_and_hooked_convs_reach_winograd_only_where_it_applies(monkeypatch):
+    calls = count_winograd_calls(monkeypatch)
+    torch.manual_seed(1)
+    x = torch.randn(1, 128, 40, 36).contiguous(memory_format=torch.channels_last).requires_grad_()
+    module = ConvModule(128, 128, 3, padding=1)  # an FPN output conv
+    out = module(x)
+    ref = F.conv2d(x.double(), module.conv.weight.double(), module.conv.bias.double(), padding=1)
+    assert calls == [(128, 128, 3, 3)] and relative_error(out, ref) < 2e-5
+    plain = nn.Conv2d(128, 128, 3, padding=1)  # the RPN conv, RetinaNet's outputs, the mask head's convs
+    assert relative_error(run_conv(plain, x), F.conv2d(x.double(), plain.weight.double(),
+                                                      plain.bias.double(), padding=1)) < 2e-5
+    assert len(calls) == 2
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert module(x).dtype == torch.bfloat16
+    ConvModule(128, 128, 3, stride=2, padding=1)(x)
+    seen = []
+    plain.register_forward_hook(lambda mod, args, output: seen.append(output.shape))
+    run_conv(plain, x)  # a user's forward hook still sees its module run
+    assert len(calls) == 2 and seen == [(1, 128, 40, 36)]
+
+
+def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypatch):
+    """ResNet's conv2 + bn2 in fp32 training with frozen statistics: the folded convolution's
+    forward and backward both run as Winograd and match conv + norm in float64."""
+    calls = count_winograd_calls(monkeypatch)
+    backward_calls = []
+    real_backward = winograd.conv3x3_backward
+    monkeypatch.setattr(winograd, 'conv3x3_backward',
+                        lambda *args: backward_calls.append(1) or real_backward(*args))
+    torch.manual_seed(2)
+    conv = nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    norm = nn.BatchNorm2d(128).eval()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-1, 1)
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+    x = torch.randn(1, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+    upstream = torch.randn(1, 128, 32, 32)
+    out = conv_norm(conv, norm, x)
+    grads = torch.autograd.grad(out, [x, conv.weight, norm.weight, norm.bias], upstream)
+    assert calls == [(128, 128, 3, 3)] and backward_calls == [1]  # inside the fold's own autograd Function
+    conv64, norm64 = conv.double(), norm.double()
+    x64 = x.detach().double().requires_grad_()
+    ref = norm64(conv64(x64))
+    ref_grads = torch.autograd.grad(ref, [x64, conv64.weight, norm64.weight, norm64.bias], upstream.double())
+    assert relative_error(out, ref) < 2e-5
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert relative_error(grad, ref_grad) < 2e-5
+
+
+def test_scratch_buffer_is_reused_across_calls():
+    x = torch.randn(1, 16, 24, 24)
+    w = torch.randn(16, 16, 3, 3)
+    winograd.conv3x3(x, w, None)
+    buffer = winograd._SCRATCH.buffer
+    winograd.conv3x3(x, w, None)
+    assert winograd._SCRATCH.buffer is buffer
+    assert buffer.numel() >= winograd._MAPPED_FLOATS
+
+
+def test_fp32_conv2d_outside_the_cpu_float32_case_is_pytorch_s(monkeypatch):
+    calls = count_winograd_calls(monkeypatch)
+    x = torch.randn(1, 128, 32, 32, dtype=torch.float64)
+    w = torch.randn(128, 128, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(layers.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1),
+                               F.conv2d(x, w, padding=1), rtol=0, atol=0)
+    assert calls == []
