@@ -150,3 +150,15 @@ def test_fp32_conv2d_outside_the_cpu_float32_case_is_pytorch_s(monkeypatch):
     torch.testing.assert_close(layers.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1),
                                F.conv2d(x, w, padding=1), rtol=0, atol=0)
     assert calls == []
+
+
+def test_a_scratch_buffer_first_made_under_inference_mode_still_serves_training(monkeypatch):
+    monkeypatch.setattr(winograd._SCRATCH, 'buffer', None)
+    x = torch.randn(1, 8, 12, 12)
+    weight = torch.randn(8, 8, 3, 3, requires_grad=True)
+    with torch.inference_mode():  # evaluation in a user's loop, before any training step
+        winograd.conv3x3(x, weight, None)
+    winograd.conv3x3(x, weight, None).sum().backward()
+    w64 = weight.detach().double().requires_grad_()
+    F.conv2d(x.double(), w64, padding=1).sum().backward()
+    assert relative_error(weight.grad, w64.grad) < 2e-5

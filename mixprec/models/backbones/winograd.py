@@ -101,7 +101,8 @@ def _scratch(*sizes: int) -> list[Tensor]:
     """Flat, disjoint float32 views of ``sizes`` elements each into this thread's scratch buffer."""
     if _SCRATCH.buffer is None or _SCRATCH.buffer.numel() < sum(sizes):
         _SCRATCH.buffer = None
-        _SCRATCH.buffer = torch.empty(max(sum(sizes), _MAPPED_FLOATS))
+        with torch.inference_mode(False):  # made under inference_mode, training could not write it
+            _SCRATCH.buffer = torch.empty(max(sum(sizes), _MAPPED_FLOATS))
     views, start = [], 0
     for size in sizes:
         views.append(_SCRATCH.buffer[start:start + size])
