@@ -77,6 +77,17 @@ def test_winograd_applies_only_to_wide_fp32_stride_1_3x3_convolutions_on_large_e
     assert not winograd.applies(x[:1, :, :16, :16], w, *args)  # 256 outputs: too few tiles
 
 
+def test_the_environment_switches_winograd_off_and_rejects_other_values(monkeypatch):
+    x, w, args = torch.randn(2, 128, 32, 32), torch.randn(128, 128, 3, 3), ((1, 1), (1, 1), (1, 1), 1)
+    monkeypatch.setenv('MIXPREC_WINOGRAD', '0')
+    assert not winograd.applies(x, w, *args)
+    monkeypatch.setenv('MIXPREC_WINOGRAD', '1')
+    assert winograd.applies(x, w, *args)
+    monkeypatch.setenv('MIXPREC_WINOGRAD', 'off')
+    with pytest.raises(ValueError, match="MIXPREC_WINOGRAD='off': expected '0' or '1'"):
+        winograd.applies(x, w, *args)
+
+
 def count_winograd_calls(monkeypatch) -> list:
     calls = []
     real = winograd.conv3x3

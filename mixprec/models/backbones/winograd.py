@@ -19,6 +19,7 @@ coefficients, up to 5 and 1/24, make it a few times larger than the direct sum's
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from typing import Iterator, Optional
 
@@ -55,13 +56,26 @@ def _matrices() -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.kron(m, m).float() for m in (bt, g, at))
 
 
+SWITCH_ENV = 'MIXPREC_WINOGRAD'
+
+
+def enabled() -> bool:
+    """``$MIXPREC_WINOGRAD``: '1' (the default) or '0' (every convolution direct, e.g. to compare)."""
+    value = os.environ.get(SWITCH_ENV, '1')
+    if value not in ('0', '1'):
+        raise ValueError(f"{SWITCH_ENV}={value!r}: expected '0' or '1'")
+    return value == '1'
+
+
 def applies(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
     """Whether ``F.conv2d(x, weight, ...)`` is a fp32 CPU 3x3 convolution with stride 1, padding 1,
-    no dilation or groups, wide and large enough for the Winograd form to be the faster one."""
+    no dilation or groups, wide and large enough for the Winograd form to be the faster one
+    (measured here: from 128 channels and 1024 output pixels), and Winograd is not switched off."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 4 and weight.shape[-2:] == (3, 3) and groups == 1
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
-            and min(weight.shape[:2]) >= 128 and x.shape[0] * x.shape[-2] * x.shape[-1] >= 1024)
+            and min(weight.shape[:2]) >= 128 and x.shape[0] * x.shape[-2] * x.shape[-1] >= 1024
+            and enabled())
 
 
 def _filter_transform(weight: Tensor, adjoint: bool, taps: Tensor, out: Tensor) -> Tensor:
