@@ -75,10 +75,15 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, d
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
+def _runs_as_module(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` must run as its own module call: it has forward hooks (a user's hook still
+    sees it run) or pads other than with zeros."""
+    return _has_hooks(conv) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str)
+
+
 def run_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)`` through :func:`conv2d`; as the module's own call when it has forward hooks
-    (a user's hook still sees it run) or pads other than with zeros."""
-    if _has_hooks(conv) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+    """``conv(x)`` through :func:`conv2d`, unless it :func:`_runs_as_module`."""
+    if _runs_as_module(conv):
         return conv(x)
     return conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
@@ -145,8 +150,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     terms that cancel, where BatchNorm's backward centres c first (so bf16 training folds only the
     frozen stages and frozen-affine norms; fp32 training and all inference fold every frozen norm).
     """
-    if (not isinstance(norm, _BatchNorm) or norm.training or norm.running_var is None
-            or conv.padding_mode != 'zeros' or isinstance(conv.padding, str) or _has_hooks(conv)
+    if (not isinstance(norm, _BatchNorm) or norm.training or norm.running_var is None or _runs_as_module(conv)
             or _has_hooks(norm)):
         return norm(run_conv(conv, x))
     dtype = _autocast_dtype(x.device.type) or conv.weight.dtype

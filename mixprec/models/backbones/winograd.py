@@ -24,7 +24,6 @@ import threading
 from typing import Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 TILE = 4  # output tile side m in F(m x m, 3 x 3)
@@ -225,9 +224,9 @@ def _filter_gradient(grad_nhwc: Tensor, x_nhwc: Tensor) -> Tensor:
     tw, t = blocks.tiles_w, blocks.max_tiles
     # The output-gradient tiles are dead once transformed, the padded rows once copied to them:
     # the input transform's windows and its result reuse their space.
+    shared = max(36 * c_in, TILE * TILE * c_out) * t
     grad_u, taps, padded, tiles_windows, rows_v, grad_m = _scratch(
-        36 * c_out * c_in, 9 * c_out * c_in, blocks.padded_size(c_in), max(36 * c_in, TILE * TILE * c_out) * t,
-        max(36 * c_in, TILE * TILE * c_out) * t, 36 * t * c_out)
+        36 * c_out * c_in, 9 * c_out * c_in, blocks.padded_size(c_in), shared, shared, 36 * t * c_out)
     grad_u = grad_u.view(36, c_out, c_in).zero_()
     for images, rows in blocks:
         n_block, rows_block = images.stop - images.start, rows.stop - rows.start
