@@ -1,7 +1,9 @@
 """tools/analysis_tools/benchmark_detectors.py: a tiny end-to-end run (ResNet-18, 128 x 128, 1 iteration)
-whose table parses, with a positive s/iter and peak memory in every row and the two target ratios."""
+whose table parses, with a positive s/iter and peak memory in every row and the target ratios; the
+ratios themselves against hand-made rows."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -39,7 +41,9 @@ def test_tiny_retinanet_table(tmp_path):
         assert model == 'retinanet'
         assert float(s_per_iter) > 0 and float(peak_mb) > 0, (impl, mode, s_per_iter, peak_mb)
         assert float(speedup.rstrip('x')) > 0
-    assert re.search(r'retinanet \(wall\): our fp32 / torchvision fp32 time = \d+\.\d\d .*; '
+    assert re.search(r'retinanet \(wall\): ours fp32 / torchvision fp32 time = \d+\.\d\d \(target <= 0.8: '
+                     r'(NOT )?met\); ours fp32 / torchvision fp32 peak memory = \d+\.\d\d .*; ours bf16-\w+ / '
+                     r'torchvision bf16-autocast time = \d+\.\d\d \(target <= 0.3: (NOT )?met\); '
                      r'our fp32 / our best mixed \(bf16-\w+\) time = \d+\.\d\dx', proc.stdout), proc.stdout
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(results) == 5
@@ -49,6 +53,42 @@ def test_tiny_retinanet_table(tmp_path):
     # layer1 on both sides; the heads differ only in small details such as torchvision's P6 input)
     params = {r['impl']: r['trainable_params'] for r in results}
     assert abs(params['ours'] - params['torchvision']) / params['ours'] < 0.1, params
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('benchmark_detectors', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(impl: str, mode: str, wall: float, cpu: float, peak: float, predict: bool = False) -> dict:
+    label = mode if mode == 'fp32' else f'bf16-{mode}'
+    return dict(model='faster_rcnn', impl=impl, mode=mode, label=label, s_per_iter=wall, cpu_s_per_iter=cpu,
+                peak_mb=peak, predict=predict)
+
+
+def test_target_ratios_pick_the_best_row_of_each_side():
+    tool = load_tool()
+    rows = [row('ours', 'fp32', 6.0, 6.2, 1900), row('ours', 'master', 3.0, 3.3, 2100),
+            row('ours', 'autocast', 3.5, 3.1, 2000), row('torchvision', 'fp32', 10.0, 7.0, 2000),
+            row('torchvision', 'autocast', 5.0, 5.0, 2100)]
+    ratios = tool.target_ratios(rows)
+    assert ratios['wall'] == [
+        'ours fp32 / torchvision fp32 time = 0.60 (target <= 0.8: met)',
+        'ours fp32 / torchvision fp32 peak memory = 0.95 (target <= 1.0: met)',
+        'ours bf16-master / torchvision bf16-autocast time = 0.60 (target <= 0.3: NOT met)',
+        'our fp32 / our best mixed (bf16-master) time = 2.00x']
+    # by CPU time autocast is our faster mixed mode; peak memory is reported once, with the wall times
+    assert ratios['cpu'] == [
+        'ours fp32 / torchvision fp32 time = 0.89 (target <= 0.8: NOT met)',
+        'ours bf16-autocast / torchvision bf16-autocast time = 0.62 (target <= 0.3: NOT met)',
+        'our fp32 / our best mixed (bf16-autocast) time = 2.00x']
+    predict = [dict(r, predict=True) for r in rows]
+    assert tool.target_ratios(predict)['wall'][1] == \
+        'ours bf16-master / torchvision bf16-autocast time = 0.60 (target <= 0.8: met)'
+    assert len(tool.target_ratios(predict)['wall']) == 3  # no memory target at inference
+    assert tool.target_ratios(rows[:3])['wall'] == ['our fp32 / our best mixed (bf16-master) time = 2.00x']
 
 
 def test_bad_arguments():
