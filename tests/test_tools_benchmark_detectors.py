@@ -84,6 +84,15 @@ def test_target_ratios_pick_the_best_row_of_each_side():
         'ours fp32 / torchvision fp32 time = 0.89 (target <= 0.8: NOT met)',
         'ours bf16-autocast / torchvision bf16-autocast time = 0.62 (target <= 0.3: NOT met)',
         'our fp32 / our best mixed (bf16-autocast) time = 2.00x']
+    # a second peer: the fastest fp32 peer sets the time ratio, the leanest one the memory ratio
+    mmdet = rows + [row('mmdet', 'fp32', 7.5, 7.5, 2200), row('mmdet', 'autocast', 6.0, 4.0, 1800)]
+    assert tool.target_ratios(mmdet)['wall'][:3] == [
+        'ours fp32 / mmdet fp32 time = 0.80 (target <= 0.8: met)',
+        'ours fp32 / torchvision fp32 peak memory = 0.95 (target <= 1.0: met)',
+        'ours bf16-master / torchvision bf16-autocast time = 0.60 (target <= 0.3: NOT met)']
+    assert tool.target_ratios(mmdet)['cpu'][:2] == [
+        'ours fp32 / torchvision fp32 time = 0.89 (target <= 0.8: NOT met)',
+        'ours bf16-autocast / mmdet bf16-autocast time = 0.78 (target <= 0.3: NOT met)']
     predict = [dict(r, predict=True) for r in rows]
     assert tool.target_ratios(predict)['wall'][1] == \
         'ours bf16-master / torchvision bf16-autocast time = 0.60 (target <= 0.8: met)'
@@ -94,6 +103,12 @@ def test_target_ratios_pick_the_best_row_of_each_side():
 def test_bad_arguments():
     proc = run_tool('--impls', 'torchvision', '--modes', 'master')
     assert proc.returncode == 2 and 'no configuration to run' in proc.stderr
+    if importlib.util.find_spec('mmdet') is None:
+        proc = run_tool('--impls', 'mmdet')  # this Python, without mmdetection
+        assert proc.returncode == 2 and "cannot import mmdetection with mmcv's compiled ops" in proc.stderr
+        assert proc.stderr.count('\n') == 1, proc.stderr
+    proc = run_tool('--impls', 'mmdet', '--mmdet-python', os.path.join(ROOT, 'no-such-python'))
+    assert proc.returncode == 2 and 'no-such-python' in proc.stderr and proc.stderr.count('\n') == 1, proc.stderr
     proc = run_tool('--size', '16', '16')
     assert proc.returncode == 2 and '--size' in proc.stderr
 
@@ -116,3 +131,27 @@ def test_tiny_predict_table_keeps_100_detections_everywhere(tmp_path):
         assert r['predict'] and r['s_per_iter'] > 0 and r['detections_per_image'] == [100.0, 100.0], r
     rows = parse_rows(proc.stdout)
     assert len(rows) == 6 and all(row[0] in ('mask_rcnn', 'retinanet') for row in rows)
+
+
+MMDET_PYTHON = os.environ.get('MIXPREC_MMDET_PYTHON', os.path.expanduser('~/.venvs/mmdet-ref/bin/python'))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(MMDET_PYTHON), reason='no mmdetection reference environment '
+                    '(../shared/reference/ sets one up; MIXPREC_MMDET_PYTHON names another)')
+def test_tiny_mmdet_rows(tmp_path):
+    """mmdetection 3.x as a third implementation: trains in fp32 and bf16 autocast (its float32-only CPU
+    ops wrapped) and predicts its 100 detections per image, in the reference environment's Python."""
+    out = tmp_path / 'results.jsonl'
+    common = ('--models', 'mask_rcnn', '--impls', 'mmdet', '--modes', 'fp32', 'autocast', '--size', '128', '128',
+              '--iters', '1', '--warmup', '1', '--depth', '18', '--width', '64', '--threads', '1',
+              '--mmdet-python', MMDET_PYTHON, '--json-out', str(out))
+    proc = run_tool(*common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    train = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r['impl'], r['mode']) for r in train] == [('mmdet', 'fp32'), ('mmdet', 'autocast')]
+    assert all(r['finite'] and r['s_per_iter'] > 0 and r['peak_mb'] > 0 for r in train), train
+    proc = run_tool(*common, '--predict')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for r in map(json.loads, out.read_text().splitlines()):
+        assert r['impl'] == 'mmdet' and r['detections_per_image'] == [100.0, 100.0], r

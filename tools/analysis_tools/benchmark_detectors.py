@@ -1,7 +1,8 @@
 """Training (or inference) speed and peak memory of our detectors against torchvision's, fp32 and mixed precision.
 
     python tools/analysis_tools/benchmark_detectors.py [--models faster_rcnn mask_rcnn retinanet]
-        [--size H W] [--batch 2] [--iters 5] [--warmup 2] [--threads N] [--impls ours torchvision]
+        [--size H W] [--batch 2] [--iters 5] [--warmup 2] [--threads N] [--impls ours torchvision [mmdet]]
+        [--mmdet-python PYTHON]
         [--modes fp32 master autocast] [--dtype bfloat16|float16] [--depth 50] [--width 256]
         [--predict] [--profile N] [--json-out FILE]
 
@@ -17,7 +18,12 @@ For each detector and each configuration, in a fresh subprocess (so peak memorie
   ``trainable_backbone_layers=3``: without weights torchvision's builders would unfreeze everything and
   use plain BatchNorm), ``zero_init_residual=True`` like ours, the same proposal and RoI sampling
   counts, ``min_size`` / ``max_size`` equal to the input's sides so its transform does not resize;
-  trained in fp32 (``fp32``) or under ``torch.autocast(dtype)`` (``autocast``).
+  trained in fp32 (``fp32``) or under ``torch.autocast(dtype)`` (``autocast``);
+* mmdet (only when asked for, not a dependency): mmdetection 3.x's own ``*_r50_fpn_1x_coco.py``
+  config from its package, ``init_cfg=None``, run by ``--mmdet-python`` (an environment with mmcv's
+  compiled ops, such as the venv ``../shared/reference/`` sets up): ``model.loss`` on the normalised
+  images and ``DetDataSample``s, ``parse_losses``, backward, SGD, in fp32 or under ``torch.autocast``
+  (``autocast``; mmcv's CPU NMS and RoIAlign take float32 only, so there they run on float32 copies).
 
 Both get the same images (uint8-valued pixels; ours normalised with mmdetection's mean / std, which is
 torchvision's ImageNet mean / std times 255, torchvision normalising the [0, 1] image inside its
@@ -31,9 +37,10 @@ process per iteration (``time.process_time``, all its threads: on a machine shar
 with ``--threads 1`` the fairer comparison, as it leaves out the time spent descheduled); peak memory
 is the process's peak RSS (VmHWM, reset after the warm-up) on the CPU, ``torch.cuda.max_memory_allocated``
 on CUDA. The table ends with, per detector, the ratios against issue 13's targets (``TARGETS``), from
-the wall times and from the CPU times: in training our fp32 / the best peer's fp32 time (<= 0.8) and
-peak memory (<= 1.0), our best mixed-precision / the best peer's mixed-precision time (<= 0.3); in
-inference both times <= 0.8; then our fp32 / our best mixed time, for information. The load average before and after the run is printed with it.
+the wall times and from the CPU times: in training our fp32 / the fastest peer's fp32 time (<= 0.8) and
+our fp32 / the leanest peer's fp32 peak memory (<= 1.0), our best mixed-precision / the fastest peer's
+mixed-precision time (<= 0.3); in inference both times <= 0.8; then our fp32 / our best mixed time,
+for information. The load average before and after the run is printed with it.
 
 What still differs between the two implementations (their own designs, left as they are): the RPN
 keeps the top 2000 per level before NMS in both (torchvision's ``rpn_pre_nms_top_n_train`` is per level
@@ -86,9 +93,13 @@ from mixprec.registry import ConfigError  # noqa: E402
 
 RESULT_PREFIX = 'benchmark-detectors-result: '
 MODELS = ('faster_rcnn', 'mask_rcnn', 'retinanet')
-IMPLS = ('ours', 'torchvision')
+IMPLS = ('ours', 'torchvision', 'mmdet')
 MODES = ('fp32', 'master', 'autocast')
-IMPL_MODES = {'ours': ('fp32', 'master', 'autocast'), 'torchvision': ('fp32', 'autocast')}
+IMPL_MODES = {'ours': ('fp32', 'master', 'autocast'), 'torchvision': ('fp32', 'autocast'),
+              'mmdet': ('fp32', 'autocast')}
+MMDET_CONFIGS = {'faster_rcnn': 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+                 'mask_rcnn': 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+                 'retinanet': 'retinanet/retinanet_r50_fpn_1x_coco.py'}
 NUM_CLASSES = 80
 # mmdetection's Normalize: mean / std of ImageNet in 0..255 (torchvision's values times 255), RGB
 MEAN = (123.675, 116.28, 103.53)
@@ -118,7 +129,11 @@ ROI_SAMPLES, ROI_POS_FRACTION = 512, 0.25
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
-    parser.add_argument('--impls', nargs='+', default=list(IMPLS), choices=IMPLS)
+    parser.add_argument('--impls', nargs='+', default=['ours', 'torchvision'], choices=IMPLS,
+                        help='mmdet: mmdetection 3.x, run by --mmdet-python (not a dependency)')
+    parser.add_argument('--mmdet-python', default=sys.executable, metavar='PYTHON',
+                        help="the Python of an environment with mmdetection 3.x and mmcv's compiled ops, "
+                             'e.g. the venv of ../shared/reference/ (default: this one)')
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES,
                         help='fp32; master: our Fp16OptimizerHook mode=master; autocast: our hook in '
                              'autocast mode, torch.autocast for torchvision')
@@ -152,6 +167,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'--width must be a positive multiple of 8, got {args.width}')
     if args.threads < 0:
         raise ConfigError(f'--threads must be >= 0, got {args.threads}')
+    if 'mmdet' in args.impls and not args.run:
+        try:
+            probe = subprocess.run([args.mmdet_python, '-c', 'import mmdet, mmcv.ops'], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+            reason = (probe.stderr.strip().splitlines() or ['(no output)'])[-1] if probe.returncode else None
+        except OSError as error:
+            reason = error.strerror
+        if reason:
+            raise ConfigError(f"--impls mmdet: {args.mmdet_python} cannot import mmdetection with mmcv's "
+                              f'compiled ops ({reason}); pass --mmdet-python of such an environment')
 
 
 def default_device() -> torch.device:
@@ -432,6 +457,114 @@ def torchvision_predict_fn(args: argparse.Namespace, model_name: str, mode: str,
     return step, model
 
 
+# ---------------------------------------------------------------- mmdetection 3.x (optional)
+def build_mmdet(args: argparse.Namespace, model_name: str) -> torch.nn.Module:
+    """mmdetection's own ``*_r50_fpn_1x_coco.py`` model, its defaults being ours (2000/1000 proposals,
+    512 RoIs at 0.25), at ``--depth`` / ``--width``, no pretrained weights (with ``--predict``: score
+    threshold 0, 100 detections per image)."""
+    import mmdet
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    register_all_modules()
+    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', MMDET_CONFIGS[model_name]))
+    model_cfg = cfg.model
+    model_cfg.backbone.init_cfg = None
+    model_cfg.backbone.depth = args.depth
+    expansion = 4 if args.depth >= 50 else 1
+    model_cfg.neck.in_channels = [64 * expansion * 2 ** i for i in range(4)]
+    set_width(model_cfg, args.width)
+    if args.predict:
+        test_cfg = model_cfg.test_cfg.get('rcnn', model_cfg.test_cfg)
+        test_cfg.update(score_thr=0.0, max_per_img=100)
+    model = MMDET_MODELS.build(model_cfg)
+    model.init_weights()
+    return model
+
+
+def float32_mmcv_ops() -> None:
+    """mmcv's CPU NMS and RoIAlign take float32 only: under bf16 autocast run them on float32 copies
+    (RoIAlign's output cast back), as a user of mmdetection on the CPU would have to."""
+    import importlib
+    nms_module = importlib.import_module('mmcv.ops.nms')
+    roi_align_module = importlib.import_module('mmcv.ops.roi_align')
+    nms_apply, roi_align = nms_module.NMSop.apply, roi_align_module.roi_align
+
+    class Float32NMS:
+        @staticmethod
+        def apply(boxes, scores, *rest):
+            return nms_apply(boxes.float(), scores.float(), *rest)
+
+    def float32_roi_align(features, rois, *rest, **kwargs):
+        return roi_align(features.float(), rois.float(), *rest, **kwargs).to(features.dtype)
+
+    nms_module.NMSop = Float32NMS
+    roi_align_module.roi_align = float32_roi_align
+
+
+def mmdet_inputs(batch: dict) -> tuple[torch.Tensor, list]:
+    """Normalised images (as ours get them) and ``DetDataSample``s with the gt instances."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    data = ours_inputs(batch)
+    _, _, h, w = data['img'].shape
+    samples = []
+    for i in range(len(data['img_metas'])):
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                             batch_input_shape=(h, w), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(bboxes=batch['boxes'][i], labels=batch['labels'][i])
+        if 'masks' in batch:
+            sample.gt_instances.masks = BitmapMasks(batch['masks'][i].cpu().numpy(), h, w)
+        samples.append(sample)
+    return data['img'], samples
+
+
+def mmdet_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: torch.device, batch: dict):
+    """One training iteration of mmdetection's detector: ``model.loss`` (under ``torch.autocast`` in
+    ``autocast``, as its AmpOptimWrapper runs it), ``parse_losses``, backward, SGD."""
+    model = build_mmdet(args, model_name).to(device)
+    model.train()
+    if mode == 'autocast':
+        float32_mmcv_ops()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    images, samples = mmdet_inputs(batch)
+    dtype = mixed_dtype(args, device)
+    iteration = [0]
+
+    def step() -> float:
+        set_lr(optimizer, iteration[0])
+        iteration[0] += 1
+        optimizer.zero_grad(set_to_none=True)
+        context = torch.autocast(device.type, dtype=dtype) if mode == 'autocast' else nullcontext()
+        with context:
+            losses = model.loss(images, copy.deepcopy(samples))
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step, model
+
+
+def mmdet_predict_fn(args: argparse.Namespace, model_name: str, mode: str, device: torch.device, batch: dict):
+    model = build_mmdet(args, model_name).to(device)
+    model.eval()
+    if mode == 'autocast':
+        float32_mmcv_ops()
+    images, samples = mmdet_inputs(batch)
+    dtype = mixed_dtype(args, device)
+
+    def step() -> float:
+        context = torch.autocast(device.type, dtype=dtype) if mode == 'autocast' else nullcontext()
+        with torch.no_grad(), context:
+            results = model.predict(images, copy.deepcopy(samples), rescale=True)
+        return sum(len(r.pred_instances) for r in results) / len(results)
+
+    return step, model
+
+
 # ---------------------------------------------------------------- one configuration (child process)
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == 'cuda':
@@ -467,10 +600,9 @@ def run_configuration(args: argparse.Namespace, model_name: str, impl: str, mode
     device = default_device()
     torch.manual_seed(0)
     batch = make_batch(args, device, with_masks=model_name == 'mask_rcnn')
-    if args.predict:
-        make_step = ours_predict_fn if impl == 'ours' else torchvision_predict_fn
-    else:
-        make_step = ours_step_fn if impl == 'ours' else torchvision_step_fn
+    make_step = {('ours', False): ours_step_fn, ('ours', True): ours_predict_fn,
+                 ('torchvision', False): torchvision_step_fn, ('torchvision', True): torchvision_predict_fn,
+                 ('mmdet', False): mmdet_step_fn, ('mmdet', True): mmdet_predict_fn}[impl, args.predict]
     step, model = make_step(args, model_name, mode, device, batch)
     losses = []
     for _ in range(args.warmup):
@@ -517,7 +649,8 @@ def mode_label(mode: str, dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------- the driver
 def child_command(args: argparse.Namespace, config: tuple[str, str, str], threads: int) -> list[str]:
     """This tool with the measurement options of ``args``, for the one configuration ``config``."""
-    command = [sys.executable, os.path.abspath(__file__), '--run', ':'.join(config),
+    python = args.mmdet_python if config[1] == 'mmdet' else sys.executable
+    command = [python, os.path.abspath(__file__), '--run', ':'.join(config),
                '--size', *map(str, args.size), '--batch', str(args.batch), '--num-gt', str(args.num_gt),
                '--iters', str(args.iters), '--warmup', str(args.warmup), '--threads', str(threads),
                '--depth', str(args.depth), '--width', str(args.width), '--profile', str(args.profile),
@@ -584,8 +717,9 @@ def format_table(results: list[dict], load: Optional[tuple] = None) -> str:
     return '\n'.join(lines)
 
 
-# Per task (inference?): (ours, peer, what, target). Training: our fp32 time and peak memory against
-# the best peer fp32 row's, our best mixed-precision time against the best peer mixed row's.
+# Per task (inference?): (ours, peer, what, target). Training: our fp32 time against the fastest peer
+# fp32 row's and our fp32 peak memory against the leanest one's, our best mixed-precision time against
+# the fastest peer mixed row's.
 TARGETS = {
     False: (('fp32', 'fp32', 'time', 0.8), ('fp32', 'fp32', 'peak memory', 1.0), ('mixed', 'mixed', 'time', 0.3)),
     True: (('fp32', 'fp32', 'time', 0.8), ('mixed', 'mixed', 'time', 0.8)),
@@ -595,28 +729,27 @@ TARGETS = {
 def target_ratios(rows: list[dict]) -> dict[str, list[str]]:
     """One detector's ratios against ``TARGETS``, from the wall times and from the CPU times (peak
     memory with the wall ones), each with met / NOT met, and our fp32 / our best mixed time."""
-    def kind(r: dict) -> tuple[str, str]:
-        return 'ours' if r['impl'] == 'ours' else 'peer', 'fp32' if r['mode'] == 'fp32' else 'mixed'
+    def best(side: str, mode: str, field: str) -> Optional[dict]:
+        candidates = [r for r in rows if (r['impl'] == 'ours') == (side == 'ours')
+                      and (r['mode'] == 'fp32') == (mode == 'fp32')]
+        return min(candidates, key=lambda r: r[field]) if candidates else None
 
     out = {}
     for key, clock in (('s_per_iter', 'wall'), ('cpu_s_per_iter', 'cpu')):
-        best = {}
-        for r in rows:
-            if kind(r) not in best or r[key] < best[kind(r)][key]:
-                best[kind(r)] = r
         parts = []
         for ours_mode, peer_mode, what, target in TARGETS[any(r.get('predict') for r in rows)]:
-            ours, peer = best.get(('ours', ours_mode)), best.get(('peer', peer_mode))
-            if ours is None or peer is None or (what == 'peak memory' and clock == 'cpu'):
+            if what == 'peak memory' and clock == 'cpu':
                 continue
             field = 'peak_mb' if what == 'peak memory' else key
+            ours, peer = best('ours', ours_mode, key), best('peer', peer_mode, field)
+            if ours is None or peer is None:
+                continue
             ratio = ours[field] / peer[field]
             parts.append(f'ours {ours["label"]} / {peer["impl"]} {peer["label"]} {what} = {ratio:.2f} '
                          f'(target <= {target}: {"met" if ratio <= target else "NOT met"})')
-        if ('ours', 'fp32') in best and ('ours', 'mixed') in best:
-            mixed = best['ours', 'mixed']
-            parts.append(f'our fp32 / our best mixed ({mixed["label"]}) time = '
-                         f'{best["ours", "fp32"][key] / mixed[key]:.2f}x')
+        fp32, mixed = best('ours', 'fp32', key), best('ours', 'mixed', key)
+        if fp32 and mixed:
+            parts.append(f'our fp32 / our best mixed ({mixed["label"]}) time = {fp32[key] / mixed[key]:.2f}x')
         out[clock] = parts
     return out
 
