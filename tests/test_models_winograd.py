@@ -62,10 +62,14 @@ def test_the_output_is_a_tensor_of_its_own_that_in_place_ops_may_change():
 
 
 def test_winograd_applies_only_to_wide_fp32_stride_1_3x3_convolutions_on_large_enough_maps():
-    x = torch.randn(2, 128, 32, 32)
+    x = torch.randn(2, 128, 32, 32).contiguous(memory_format=torch.channels_last)
     w = torch.randn(128, 128, 3, 3)
     args = ((1, 1), (1, 1), (1, 1), 1)
     assert winograd.applies(x, w, *args)
+    assert winograd.applies(x.contiguous(), w.contiguous(memory_format=torch.channels_last), *args)
+    # an NCHW model gets NCHW outputs from the direct convolution: it keeps them
+    assert not winograd.applies(x.contiguous(), w, *args)
+    assert F.conv2d(x.contiguous(), w, padding=1).is_contiguous()
     assert not winograd.applies(x.bfloat16(), w.bfloat16(), *args)
     assert not winograd.applies(x.double(), w.double(), *args)
     assert not winograd.applies(x, w, (2, 2), (1, 1), (1, 1), 1)
@@ -73,12 +77,14 @@ def test_winograd_applies_only_to_wide_fp32_stride_1_3x3_convolutions_on_large_e
     assert not winograd.applies(x, w, (1, 1), (0, 0), (1, 1), 1)
     assert not winograd.applies(x, torch.randn(128, 1, 3, 3), (1, 1), (1, 1), (1, 1), 128)
     assert not winograd.applies(x, torch.randn(128, 128, 1, 1), (1, 1), (0, 0), (1, 1), 1)
-    assert not winograd.applies(x[:, :64], torch.randn(128, 64, 3, 3), *args)  # narrow: transforms dominate
-    assert not winograd.applies(x[:1, :, :16, :16], w, *args)  # 256 outputs: too few tiles
+    narrow, small = (t.contiguous(memory_format=torch.channels_last) for t in (x[:, :64], x[:1, :, :16, :16]))
+    assert not winograd.applies(narrow, torch.randn(128, 64, 3, 3), *args)  # narrow: transforms dominate
+    assert not winograd.applies(small, w, *args)  # 256 outputs: too few tiles
 
 
 def test_the_environment_switches_winograd_off_and_rejects_other_values(monkeypatch):
-    x, w, args = torch.randn(2, 128, 32, 32), torch.randn(128, 128, 3, 3), ((1, 1), (1, 1), (1, 1), 1)
+    x = torch.randn(2, 128, 32, 32).contiguous(memory_format=torch.channels_last)
+    w, args = torch.randn(128, 128, 3, 3), ((1, 1), (1, 1), (1, 1), 1)
     monkeypatch.setenv('MIXPREC_WINOGRAD', '0')
     assert not winograd.applies(x, w, *args)
     monkeypatch.setenv('MIXPREC_WINOGRAD', '1')

@@ -69,11 +69,15 @@ def enabled() -> bool:
 def applies(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
     """Whether ``F.conv2d(x, weight, ...)`` is a fp32 CPU 3x3 convolution with stride 1, padding 1,
     no dilation or groups, wide and large enough for the Winograd form to be the faster one
-    (measured here: from 128 channels and 1024 output pixels), and Winograd is not switched off."""
+    (measured here: from 128 channels and 1024 output pixels), whose direct result would be
+    channels_last as the Winograd one is (x or the weight channels_last, as ``place_model`` leaves
+    them: an NCHW model keeps NCHW outputs, which its code may ``view``), and Winograd is not off."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 4 and weight.shape[-2:] == (3, 3) and groups == 1
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
             and min(weight.shape[:2]) >= 128 and x.shape[0] * x.shape[-2] * x.shape[-1] >= 1024
+            and (x.is_contiguous(memory_format=torch.channels_last)
+                 or weight.is_contiguous(memory_format=torch.channels_last))
             and enabled())
 
 
