@@ -1,11 +1,11 @@
 """A BatchNorm with frozen statistics folded into its convolution (``conv_norm``): the same numbers
 and gradients as the two layers, less memory kept for backward, and the two layers again wherever
-folding would change behaviour (statistics that train, forward hooks)."""
+folding would change behaviour (statistics that train, forward and backward hooks, global ones too)."""
 import torch
 from torch import nn
 
 from mixprec.fp16 import wrap_fp16_model
-from mixprec.models.backbones.layers import ConvModule
+from mixprec.models.backbones.layers import ConvModule, run_conv
 from mixprec.models.backbones.resnet import ResNet
 from test_models_c_backbones import randomise_
 
@@ -147,3 +147,39 @@ def test_fp32_1x1_convolutions_on_the_cpu_go_to_onednn_with_the_same_numbers(mon
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert ConvModule(16, 8, 1)(x).dtype == torch.bfloat16
     assert calls == [(8, 16, 1, 1)]
+
+
+def test_backward_hooks_on_folded_and_functional_convs_still_fire():
+    """Grad-CAM-style tools hook a conv's backward; folding (and the functional RPN / head convs) must
+    not skip them, nor the global module hooks that profilers and debuggers register."""
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    model = small_resnet().double()
+    conv = model.layer3[0].conv2  # folded with its frozen-statistics BatchNorm when unhooked
+    grads_out = []
+    conv.register_full_backward_hook(lambda mod, grad_in, grad_out: grads_out.append(grad_out[0]))
+    feature = {}
+    conv.register_forward_hook(lambda mod, args, out: feature.setdefault('out', out))
+    outs = model(x)
+    sum(o.sum() for o in outs).backward()
+    assert len(grads_out) == 1 and grads_out[0].shape == feature['out'].shape
+    # the hook saw the conv's own output gradient: d(sum of outputs)/d(conv output) via autograd
+    model.zero_grad()
+    feature.clear()
+    outs = model(x)
+    expected, = torch.autograd.grad(sum(o.sum() for o in outs), feature['out'])
+    torch.testing.assert_close(grads_out[0], expected)
+
+    head = nn.Conv2d(16, 16, 3, padding=1)  # as the RPN conv and RetinaNet's outputs call it
+    pre = []
+    head.register_full_backward_pre_hook(lambda mod, grad_out: pre.append(grad_out[0].shape))
+    run_conv(head, torch.randn(1, 16, 8, 8, requires_grad=True)).sum().backward()
+    assert pre == [(1, 16, 8, 8)]
+
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(lambda mod, args, out: seen.append(mod))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(any(m is c for m in seen) for c in convs), 'a global forward hook missed a conv'

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import winograd
@@ -42,7 +43,12 @@ _FULL_PRECISION = (torch.float32, torch.float64)
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Whether calling ``module`` runs hooks that a functional call of its weights would skip: its
+    own forward or backward hooks, or global module hooks (the test ``nn.Module.__call__`` makes)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks or _module._global_backward_hooks
+                or _module._global_backward_pre_hooks)
 
 
 def _autocast_dtype(device: str) -> Optional[torch.dtype]:
@@ -76,8 +82,8 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, d
 
 
 def _runs_as_module(conv: nn.Conv2d) -> bool:
-    """Whether ``conv`` must run as its own module call: it has forward hooks (a user's hook still
-    sees it run) or pads other than with zeros."""
+    """Whether ``conv`` must run as its own module call: it has hooks (a user's forward or backward
+    hook still sees it run) or pads other than with zeros."""
     return _has_hooks(conv) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str)
 
 
@@ -144,7 +150,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     computed in fp32 (master mode's norms are fp32) and rounded once to the convolution's dtype.
 
     Falls back to the two calls when the norm trains its statistics, is not a BatchNorm, the conv
-    pads other than with zeros, either module has forward hooks (a user's hook still sees its
+    pads other than with zeros, either module has hooks (a user's forward or backward hook still sees its
     module run), or when gamma trains and the convolution runs in half precision: gamma's gradient
     would then come from the half weight gradient as sum(grad * c) - mean * sum(grad), two large
     terms that cancel, where BatchNorm's backward centres c first (so bf16 training folds only the
