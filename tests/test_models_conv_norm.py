@@ -1,6 +1,8 @@
 """A BatchNorm with frozen statistics folded into its convolution (``conv_norm``): the same numbers
 and gradients as the two layers, less memory kept for backward, and the two layers again wherever
-folding would change behaviour (statistics that train, forward and backward hooks, global ones too)."""
+folding would change behaviour (statistics that train, forward and backward hooks, global ones too,
+a user's conv or norm subclass with its own forward)."""
+import pytest
 import torch
 from torch import nn
 
@@ -183,3 +185,56 @@ def test_backward_hooks_on_folded_and_functional_convs_still_fire():
         handle.remove()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(any(m is c for m in seen) for c in convs), 'a global forward hook missed a conv'
+
+
+class DoubledConv(nn.Conv2d):
+    """A user's conv with its own forward (as weight standardisation or LoRA wrappers have)."""
+    calls = 0
+
+    def forward(self, x):
+        DoubledConv.calls += 1
+        return 2 * super().forward(x)
+
+
+class ShiftedFrozenNorm(nn.BatchNorm2d):
+    calls = 0
+
+    def forward(self, x):
+        ShiftedFrozenNorm.calls += 1
+        return super().forward(x) + 1
+
+
+def swapped_in(model: ResNet, conv_class: type, norm_class: type) -> ResNet:
+    """``model`` with layer3[0]'s conv2 and bn2 rebuilt as these classes, same parameters."""
+    block = model.layer3[0]
+    conv, norm = block.conv2, getattr(block, block.norm2_name)
+    new_conv = conv_class(conv.in_channels, conv.out_channels, 3, stride=conv.stride, padding=1, bias=False)
+    new_norm = norm_class(norm.num_features)
+    new_conv.load_state_dict(conv.state_dict())
+    new_norm.load_state_dict(norm.state_dict())
+    block.conv2 = new_conv.double()
+    setattr(block, block.norm2_name, new_norm.double().eval())
+    return model
+
+
+@pytest.mark.parametrize('conv_class, norm_class', [(DoubledConv, nn.BatchNorm2d), (nn.Conv2d, ShiftedFrozenNorm),
+                                                    (DoubledConv, ShiftedFrozenNorm)])
+def test_conv_and_norm_subclasses_keep_their_own_forward(conv_class, norm_class):
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    model = swapped_in(small_resnet().double(), conv_class, norm_class)
+    DoubledConv.calls = ShiftedFrozenNorm.calls = 0
+    outs = model(x)
+    assert DoubledConv.calls == (conv_class is DoubledConv)
+    assert ShiftedFrozenNorm.calls == (norm_class is ShiftedFrozenNorm)
+    # layer3's first block with its two layers run by hand, as nn.Module runs them
+    block = model.layer3[0]
+    stem = model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x))))))
+    out = block.relu(block.bn1(block.conv1(stem)))
+    out = nn.functional.conv2d(out, block.conv2.weight, None, block.conv2.stride, 1)
+    out = 2 * out if conv_class is DoubledConv else out
+    bn = getattr(block, block.norm2_name)
+    out = nn.functional.batch_norm(out, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    out = out + 1 if norm_class is ShiftedFrozenNorm else out
+    out = block.relu(block.bn3(block.conv3(block.relu(out))) + block.downsample(stem))
+    torch.testing.assert_close(block(stem), out)
+    torch.testing.assert_close(outs[2], model.layer3[1:](out))

@@ -83,8 +83,17 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, d
 
 def _runs_as_module(conv: nn.Conv2d) -> bool:
     """Whether ``conv`` must run as its own module call: it has hooks (a user's forward or backward
-    hook still sees it run) or pads other than with zeros."""
-    return _has_hooks(conv) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str)
+    hook still sees it run), pads other than with zeros, or is not a plain ``nn.Conv2d`` (a user's
+    subclass or swapped-in layer keeps its own forward)."""
+    return (type(conv) is not nn.Conv2d or _has_hooks(conv) or conv.padding_mode != 'zeros'
+            or isinstance(conv.padding, str))
+
+
+def _folds(norm: nn.Module) -> bool:
+    """Whether ``norm`` is a BatchNorm with frozen statistics whose forward is PyTorch's own (a
+    subclass with its own forward, e.g. a user's frozen norm, runs as itself) and that has no hooks."""
+    return (isinstance(norm, _BatchNorm) and type(norm).forward in (_BatchNorm.forward, nn.SyncBatchNorm.forward)
+            and not norm.training and norm.running_var is not None and not _has_hooks(norm))
 
 
 def run_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -149,15 +158,15 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     gradients of W, gamma and beta are those of the two layers up to float rounding; W * s is
     computed in fp32 (master mode's norms are fp32) and rounded once to the convolution's dtype.
 
-    Falls back to the two calls when the norm trains its statistics, is not a BatchNorm, the conv
-    pads other than with zeros, either module has hooks (a user's forward or backward hook still sees its
-    module run), or when gamma trains and the convolution runs in half precision: gamma's gradient
+    Falls back to the two calls when the norm trains its statistics or is not a BatchNorm, the conv
+    pads other than with zeros, either module has hooks (a user's forward or backward hook still sees
+    its module run) or is a subclass with a forward of its own (:func:`_runs_as_module`,
+    :func:`_folds`), or when gamma trains and the convolution runs in half precision: gamma's gradient
     would then come from the half weight gradient as sum(grad * c) - mean * sum(grad), two large
     terms that cancel, where BatchNorm's backward centres c first (so bf16 training folds only the
     frozen stages and frozen-affine norms; fp32 training and all inference fold every frozen norm).
     """
-    if (not isinstance(norm, _BatchNorm) or norm.training or norm.running_var is None or _runs_as_module(conv)
-            or _has_hooks(norm)):
+    if not _folds(norm) or _runs_as_module(conv):
         return norm(run_conv(conv, x))
     dtype = _autocast_dtype(x.device.type) or conv.weight.dtype
     gamma_trains = torch.is_grad_enabled() and norm.weight is not None and norm.weight.requires_grad
