@@ -238,3 +238,21 @@ def test_conv_and_norm_subclasses_keep_their_own_forward(conv_class, norm_class)
     out = block.relu(block.bn3(block.conv3(block.relu(out))) + block.downsample(stem))
     torch.testing.assert_close(block(stem), out)
     torch.testing.assert_close(outs[2], model.layer3[1:](out))
+
+
+def gradient_penalty_grads(model: nn.Module, x: torch.Tensor) -> dict:
+    """Parameter gradients of ||d sum(outputs^2) / dx||^2, a double backward (as R1 / WGAN-GP take it)."""
+    x = x.clone().requires_grad_()
+    grad_x, = torch.autograd.grad(sum(o.pow(2).sum() for o in model(x)), x, create_graph=True)
+    grad_x.pow(2).sum().backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_double_backward_through_folded_convs_equals_the_two_layers():
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    folded, unfolded = small_resnet().double(), small_resnet().double()
+    hook_every_norm(unfolded)
+    grads, ref = gradient_penalty_grads(folded, x), gradient_penalty_grads(unfolded, x)
+    assert grads.keys() == ref.keys() and any(k.endswith('bn2.weight') for k in grads)
+    for name, value in ref.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-8, atol=1e-12, msg=name)

@@ -148,6 +148,16 @@ def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypat
     assert relative_error(out, ref) < 2e-5
     for grad, ref_grad in zip(grads, ref_grads):
         assert relative_error(grad, ref_grad) < 2e-5
+    # a gradient penalty through the fold: differentiable again, PyTorch's backward inside
+    conv.float(), norm.float()  # .double() above converted the modules in place
+    grad_x, = torch.autograd.grad(conv_norm(conv, norm, x).pow(2).sum(), x, create_graph=True)
+    assert backward_calls == [1]
+    penalty = torch.autograd.grad(grad_x.pow(2).sum(), [conv.weight, norm.weight])
+    conv.double(), norm.double()
+    grad64, = torch.autograd.grad(norm(conv(x64)).pow(2).sum(), x64, create_graph=True)
+    ref_penalty = torch.autograd.grad(grad64.pow(2).sum(), [conv.weight, norm.weight])
+    for grad, ref_grad in zip(penalty, ref_penalty):
+        assert relative_error(grad, ref_grad) < 1e-4
 
 
 def test_scratch_buffer_is_reused_across_calls():
@@ -179,3 +189,26 @@ def test_a_scratch_buffer_first_made_under_inference_mode_still_serves_training(
     w64 = weight.detach().double().requires_grad_()
     F.conv2d(x.double(), w64, padding=1).sum().backward()
     assert relative_error(weight.grad, w64.grad) < 2e-5
+
+
+def test_double_backward_through_a_winograd_convolution(monkeypatch):
+    calls = count_winograd_calls(monkeypatch)
+    backward_calls = []
+    real_backward = winograd.conv3x3_backward
+    monkeypatch.setattr(winograd, 'conv3x3_backward',
+                        lambda *args: backward_calls.append(1) or real_backward(*args))
+    torch.manual_seed(0)
+    x = torch.randn(1, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(128, 128, 3, 3, requires_grad=True)
+    out = layers.conv2d(x, weight, None, (1, 1), (1, 1), (1, 1), 1)
+    assert calls == [(128, 128, 3, 3)]
+    torch.autograd.grad(out.sum(), x, retain_graph=True)
+    assert backward_calls == [1]  # a plain backward stays in the Winograd domain
+    grad_x, = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)  # a gradient penalty
+    assert backward_calls == [1]  # ... a differentiable one is PyTorch's
+    grad_x.pow(2).sum().backward()
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    grad64, = torch.autograd.grad(F.conv2d(x64, w64, padding=1).pow(2).sum(), x64, create_graph=True)
+    grad64.pow(2).sum().backward()
+    assert relative_error(grad_x, grad64) < 2e-5
+    assert relative_error(weight.grad, w64.grad) < 1e-4

@@ -104,9 +104,10 @@ def run_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 def _conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, args: tuple, output_mask: list) -> tuple:
-    """``(grad_x, grad_weight, grad_bias)`` of :func:`conv2d` (None where ``output_mask`` is False)."""
+    """``(grad_x, grad_weight, grad_bias)`` of :func:`conv2d` (None where ``output_mask`` is False);
+    differentiable again when grad mode is on (``create_graph=True``: a gradient penalty)."""
     stride, padding, dilation, groups = args
-    if winograd.applies(x, weight, stride, padding, dilation, groups):
+    if not torch.is_grad_enabled() and winograd.applies(x, weight, stride, padding, dilation, groups):
         return winograd.conv3x3_backward(grad, x, weight, output_mask)
     return torch.ops.aten.convolution_backward(grad, x, weight, [weight.size(0)], stride, padding, dilation,
                                                False, [0] * len(stride), groups, output_mask)
@@ -114,7 +115,8 @@ def _conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, args: tuple, outpu
 
 class _FoldedConv(torch.autograd.Function):
     """``conv(x, W * s) + b`` (per output channel s, b) that keeps x, W and s for backward and
-    recomputes W * s there, so the folded weight costs no memory between forward and backward."""
+    recomputes W * s there, so the folded weight costs no memory between forward and backward. Its
+    backward is made of differentiable ops, so double backward works as through the two layers."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -123,7 +125,6 @@ class _FoldedConv(torch.autograd.Function):
         return conv2d(x, _fold(weight, scale, x.dtype), shift, *ctx.conv_args)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight, scale = ctx.saved_tensors
         folded = _fold(weight, scale, x.dtype)

@@ -277,11 +277,14 @@ class _WinogradConv3x3(torch.autograd.Function):
         return conv3x3_forward(x, weight, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        return conv3x3_backward(grad, x, weight, (need_x, need_w, need_b and ctx.has_bias))
+        mask = (need_x, need_w, need_b and ctx.has_bias)
+        if torch.is_grad_enabled():  # create_graph=True: PyTorch's own backward, differentiable again
+            return torch.ops.aten.convolution_backward(grad, x, weight, [weight.size(0)], [1, 1], [1, 1], [1, 1],
+                                                       False, [0, 0], 1, list(mask))
+        return conv3x3_backward(grad, x, weight, mask)
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
