@@ -256,3 +256,20 @@ def test_double_backward_through_folded_convs_equals_the_two_layers():
     assert grads.keys() == ref.keys() and any(k.endswith('bn2.weight') for k in grads)
     for name, value in ref.items():
         torch.testing.assert_close(grads[name], value, rtol=1e-8, atol=1e-12, msg=name)
+
+
+class CountedSequential(nn.Sequential):
+    calls = 0
+
+    def forward(self, x):
+        CountedSequential.calls += 1
+        return super().forward(x)
+
+
+def test_a_downsample_sequential_subclass_keeps_its_forward():
+    model = small_resnet()
+    block = model.layer2[0]
+    block.downsample = CountedSequential(*block.downsample)
+    CountedSequential.calls = 0
+    model(torch.randn(1, 3, 64, 64))
+    assert CountedSequential.calls == 1

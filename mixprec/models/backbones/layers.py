@@ -192,8 +192,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
 
 def conv_norm_seq(seq: nn.Module, x: Tensor) -> Tensor:
     """``seq(x)`` for a ``Sequential(conv, norm)`` (ResNet's ``downsample``), folded as :func:`conv_norm`."""
-    if (isinstance(seq, nn.Sequential) and len(seq) == 2 and isinstance(seq[0], nn.Conv2d)
-            and not _has_hooks(seq)):
+    if type(seq) is nn.Sequential and len(seq) == 2 and isinstance(seq[0], nn.Conv2d) and not _has_hooks(seq):
         return conv_norm(seq[0], seq[1], x)
     return seq(x)
 
