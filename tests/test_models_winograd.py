@@ -101,6 +101,13 @@ def count_winograd_calls(monkeypatch) -> list:
     return calls
 
 
+def count_winograd_backward_calls(monkeypatch) -> list:
+    calls = []
+    real = winograd.conv3x3_backward
+    monkeypatch.setattr(winograd, 'conv3x3_backward', lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
 def test_conv_module_rpn_style_and_hooked_convs_reach_winograd_only_where_it_applies(monkeypatch):
     calls = count_winograd_calls(monkeypatch)
     torch.manual_seed(1)
@@ -126,10 +133,7 @@ def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypat
     """ResNet's conv2 + bn2 in fp32 training with frozen statistics: the folded convolution's
     forward and backward both run as Winograd and match conv + norm in float64."""
     calls = count_winograd_calls(monkeypatch)
-    backward_calls = []
-    real_backward = winograd.conv3x3_backward
-    monkeypatch.setattr(winograd, 'conv3x3_backward',
-                        lambda *args: backward_calls.append(1) or real_backward(*args))
+    backward_calls = count_winograd_backward_calls(monkeypatch)
     torch.manual_seed(2)
     conv = nn.Conv2d(128, 128, 3, padding=1, bias=False)
     norm = nn.BatchNorm2d(128).eval()
@@ -193,10 +197,7 @@ def test_a_scratch_buffer_first_made_under_inference_mode_still_serves_training(
 
 def test_double_backward_through_a_winograd_convolution(monkeypatch):
     calls = count_winograd_calls(monkeypatch)
-    backward_calls = []
-    real_backward = winograd.conv3x3_backward
-    monkeypatch.setattr(winograd, 'conv3x3_backward',
-                        lambda *args: backward_calls.append(1) or real_backward(*args))
+    backward_calls = count_winograd_backward_calls(monkeypatch)
     torch.manual_seed(0)
     x = torch.randn(1, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
     weight = torch.randn(128, 128, 3, 3, requires_grad=True)

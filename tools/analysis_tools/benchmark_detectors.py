@@ -411,13 +411,12 @@ def build_torchvision(args: argparse.Namespace, model_name: str, size: tuple[int
                     mask_predictor=MaskRCNNPredictor(width, width, NUM_CLASSES + 1), **rcnn)
 
 
-def torchvision_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: torch.device, batch: dict):
-    model = build_torchvision(args, model_name, tuple(args.size)).to(device)
-    model.train()
+def peer_step(model: torch.nn.Module, mode: str, dtype: torch.dtype, device: torch.device, loss_of):
+    """A closure for one training iteration of a peer's detector as its own loop runs it: warm-up lr,
+    ``zero_grad``, ``loss_of()`` (under ``torch.autocast`` in ``autocast`` mode, with a GradScaler for
+    float16), backward, SGD step; returns the loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    images, targets = torchvision_inputs(batch, model_name)
-    dtype = mixed_dtype(args, device)
     scaler = torch.amp.GradScaler(device.type) if mode == 'autocast' and dtype == torch.float16 else None
     iteration = [0]
 
@@ -427,8 +426,7 @@ def torchvision_step_fn(args: argparse.Namespace, model_name: str, mode: str, de
         optimizer.zero_grad(set_to_none=True)
         context = torch.autocast(device.type, dtype=dtype) if mode == 'autocast' else nullcontext()
         with context:
-            losses = model(images, [dict(t) for t in targets])
-        loss = sum(losses.values())
+            loss = loss_of()
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -438,6 +436,15 @@ def torchvision_step_fn(args: argparse.Namespace, model_name: str, mode: str, de
             optimizer.step()
         return float(loss.detach())
 
+    return step
+
+
+def torchvision_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: torch.device, batch: dict):
+    model = build_torchvision(args, model_name, tuple(args.size)).to(device)
+    model.train()
+    images, targets = torchvision_inputs(batch, model_name)
+    step = peer_step(model, mode, mixed_dtype(args, device), device,
+                     lambda: sum(model(images, [dict(t) for t in targets]).values()))
     return step, model
 
 
@@ -527,24 +534,9 @@ def mmdet_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: 
     model.train()
     if mode == 'autocast':
         float32_mmcv_ops()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     images, samples = mmdet_inputs(batch)
-    dtype = mixed_dtype(args, device)
-    iteration = [0]
-
-    def step() -> float:
-        set_lr(optimizer, iteration[0])
-        iteration[0] += 1
-        optimizer.zero_grad(set_to_none=True)
-        context = torch.autocast(device.type, dtype=dtype) if mode == 'autocast' else nullcontext()
-        with context:
-            losses = model.loss(images, copy.deepcopy(samples))
-        loss, _ = model.parse_losses(losses)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
+    step = peer_step(model, mode, mixed_dtype(args, device), device,
+                     lambda: model.parse_losses(model.loss(images, copy.deepcopy(samples)))[0])
     return step, model
 
 
