@@ -29,10 +29,9 @@ from typing import Optional, Sequence
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+import benchmark_detectors as bench  # this folder is on sys.path when the tool runs as a script
+
 MODELS = ('faster_rcnn', 'mask_rcnn', 'retinanet')
-MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -45,25 +44,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    return (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-
-
 # ---------------------------------------------------------------- mmdetection's side (its own Python)
 def run_mmdet_side(model_name: str, path: str) -> None:
     """Build mmdetection's detector, run it on the batch in ``path`` and add its results there."""
     import mmdet
     from mmdet.registry import MODELS as MMDET_MODELS
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
-    from mmengine.structures import InstanceData
-    sys.path.insert(0, HERE)
-    from benchmark_detectors import MMDET_CONFIGS
     register_all_modules()
     torch.set_num_threads(1)
-    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', MMDET_CONFIGS[model_name]))
+    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs',
+                                       bench.MMDET_CONFIGS[model_name]))
     cfg.model.backbone.init_cfg = None
     if 'rpn' in cfg.model.train_cfg:
         cfg.model.train_cfg.rpn.sampler.num = 10 ** 6
@@ -80,16 +71,7 @@ def run_mmdet_side(model_name: str, path: str) -> None:
         if model_name == 'retinanet':
             classifier.bias.fill_(-2.0)
     data = torch.load(path, weights_only=True)
-    inputs, gts = data['inputs'], data['gts']
-    _, _, h, w = inputs.shape
-    samples = []
-    for gt in gts:
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
-                                             batch_input_shape=(h, w), scale_factor=(1.0, 1.0)))
-        sample.gt_instances = InstanceData(bboxes=gt['boxes'], labels=gt['labels'])
-        if 'masks' in gt:
-            sample.gt_instances.masks = BitmapMasks(gt['masks'].numpy(), h, w)
-        samples.append(sample)
+    inputs, samples = bench.mmdet_inputs(data['batch'])
     model.eval()
     with torch.no_grad():
         predictions = model.predict(inputs, copy.deepcopy(samples), rescale=True)
@@ -109,26 +91,21 @@ def run_mmdet_side(model_name: str, path: str) -> None:
 
 
 # ---------------------------------------------------------------- our side
-def make_input(args: argparse.Namespace, model_name: str) -> dict:
-    """Two ``benchmark_detectors`` images at ``--size`` and their gt (boxes over 8 px, masks)."""
-    sys.path.insert(0, HERE)
-    import benchmark_detectors
-    batch = benchmark_detectors.make_batch(benchmark_detectors.parse_args(['--size', *map(str, args.size)]),
-                                           torch.device('cpu'), with_masks=model_name == 'mask_rcnn')
-    gts = []
-    for i, boxes in enumerate(batch['boxes']):
-        keep = ((boxes[:, 2] - boxes[:, 0]) > 8) & ((boxes[:, 3] - boxes[:, 1]) > 8)
-        gt = dict(boxes=boxes[keep], labels=batch['labels'][i][keep])
-        if 'masks' in batch:
-            gt['masks'] = batch['masks'][i][keep]
-        gts.append(gt)
-    return dict(inputs=normalise(batch['images']), gts=gts)
+def make_batch(args: argparse.Namespace, model_name: str) -> dict:
+    """Two ``benchmark_detectors`` images at ``--size`` with their gt boxes over 8 px (and masks)."""
+    batch = bench.make_batch(bench.parse_args(['--size', *map(str, args.size)]), torch.device('cpu'),
+                             with_masks=model_name == 'mask_rcnn')
+    keep = [((b[:, 2] - b[:, 0]) > 8) & ((b[:, 3] - b[:, 1]) > 8) for b in batch['boxes']]
+    for key in ('boxes', 'labels', 'masks'):
+        if key in batch:
+            batch[key] = [value[k] for value, k in zip(batch[key], keep)]
+    return batch
 
 
 def build_ours(model_name: str, state: dict) -> torch.nn.Module:
     from mixprec.config import load_config
     from mixprec.models import build_detector, place_model
-    cfg = load_config(os.path.join(ROOT, 'configs', '_base_', 'models', f'{model_name}_r50_fpn.py'))
+    cfg = load_config(os.path.join(bench.ROOT, 'configs', '_base_', 'models', f'{model_name}_r50_fpn.py'))
     model_cfg = copy.deepcopy(cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model))
     model_cfg['backbone']['init_cfg'] = None
     if 'rpn' in model_cfg['train_cfg']:
@@ -179,10 +156,9 @@ def compare_detections(theirs: list[dict], ours: list[dict]) -> dict:
 
 def compare_model(args: argparse.Namespace, model_name: str, workdir: str) -> tuple[bool, str]:
     """Run both sides for one detector; whether the mmdetection side ran, and the report line."""
-    import numpy as np
     from mixprec.engine.runner import parse_losses
     path = os.path.join(workdir, f'{model_name}.pt')
-    torch.save(make_input(args, model_name), path)
+    torch.save(dict(batch=make_batch(args, model_name)), path)
     try:
         side = subprocess.run([args.mmdet_python, os.path.abspath(__file__), '--mmdet-side', model_name, path],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -193,18 +169,10 @@ def compare_model(args: argparse.Namespace, model_name: str, workdir: str) -> tu
         return False, f'{model_name}: mmdetection side failed in {args.mmdet_python} ({reason})'
     ref = torch.load(path, weights_only=True)
     model = build_ours(model_name, ref['state'])
-    inputs = ref['inputs'].contiguous(memory_format=torch.channels_last)
-    n, _, h, w = inputs.shape
-    meta = dict(filename='synthetic.png', ori_filename='synthetic.png', ori_shape=(h, w, 3), img_shape=(h, w, 3),
-                pad_shape=(h, w, 3), scale_factor=np.ones(4, dtype=np.float32), flip=False, flip_direction=None,
-                batch_input_shape=(h, w), img_norm_cfg=dict(mean=list(MEAN), std=list(STD), to_rgb=True))
-    metas = [copy.deepcopy(meta) for _ in range(n)]
-    det = compare_detections(ref['detections'], our_detections(model, inputs, metas))
+    data = bench.ours_inputs(ref['batch'])
+    data['img'] = data['img'].contiguous(memory_format=torch.channels_last)
+    det = compare_detections(ref['detections'], our_detections(model, data['img'], data['img_metas']))
     model.train()
-    data = dict(img=inputs, img_metas=metas, gt_bboxes=[g['boxes'] for g in ref['gts']],
-                gt_labels=[g['labels'] for g in ref['gts']])
-    if model_name == 'mask_rcnn':
-        data['gt_masks'] = [g['masks'] for g in ref['gts']]
     loss, terms = parse_losses(model(**data))
     loss.backward()
     loss_diff = max(abs(float(terms[k].detach()) - v) / max(abs(v), 1e-12) for k, v in ref['losses'].items())
@@ -214,8 +182,8 @@ def compare_model(args: argparse.Namespace, model_name: str, workdir: str) -> tu
     worst = max(errors, key=errors.get)
     masks = f', mask pixels differing {det["mask_pixels"]}' if model_name == 'mask_rcnn' else ''
     return True, (f'{model_name}: detections {det["matched"]} / {det["total"]} matched ({det["extra"]} of ours '
-            f'unmatched), box diff <= {det["box"]:.3g} px, score diff <= {det["score"]:.3g}{masks}; losses '
-            f'<= {loss_diff:.2g} relative; gradients of {len(errors)} parameters (relative L2): median '
+                  f'unmatched), box diff <= {det["box"]:.3g} px, score diff <= {det["score"]:.3g}{masks}; losses '
+                  f'<= {loss_diff:.2g} relative; gradients of {len(errors)} parameters (relative L2): median '
                   f'{statistics.median(errors.values()):.2g}, worst {errors[worst]:.2g} ({worst})')
 
 
@@ -224,7 +192,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.mmdet_side:
         run_mmdet_side(*args.mmdet_side)
         return
-    sys.path.insert(0, ROOT)
     torch.set_num_threads(1)
     failed = False
     with tempfile.TemporaryDirectory() as workdir:
