@@ -1,6 +1,8 @@
 """fp32 3x3 convolutions as Winograd F(4x4, 3x3) (``winograd``): the direct convolution's values
 and gradients to float rounding, in every block layout and at sizes that are not whole tiles, and
 reached from the layers, heads and folded norms exactly where it applies."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -145,7 +147,7 @@ def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypat
     out = conv_norm(conv, norm, x)
     grads = torch.autograd.grad(out, [x, conv.weight, norm.weight, norm.bias], upstream)
     assert calls == [(128, 128, 3, 3)] and backward_calls == [1]  # inside the fold's own autograd Function
-    conv64, norm64 = conv.double(), norm.double()
+    conv64, norm64 = copy.deepcopy(conv).double(), copy.deepcopy(norm).double()
     x64 = x.detach().double().requires_grad_()
     ref = norm64(conv64(x64))
     ref_grads = torch.autograd.grad(ref, [x64, conv64.weight, norm64.weight, norm64.bias], upstream.double())
@@ -153,13 +155,11 @@ def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypat
     for grad, ref_grad in zip(grads, ref_grads):
         assert relative_error(grad, ref_grad) < 2e-5
     # a gradient penalty through the fold: differentiable again, PyTorch's backward inside
-    conv.float(), norm.float()  # .double() above converted the modules in place
     grad_x, = torch.autograd.grad(conv_norm(conv, norm, x).pow(2).sum(), x, create_graph=True)
     assert backward_calls == [1]
     penalty = torch.autograd.grad(grad_x.pow(2).sum(), [conv.weight, norm.weight])
-    conv.double(), norm.double()
-    grad64, = torch.autograd.grad(norm(conv(x64)).pow(2).sum(), x64, create_graph=True)
-    ref_penalty = torch.autograd.grad(grad64.pow(2).sum(), [conv.weight, norm.weight])
+    grad64, = torch.autograd.grad(norm64(conv64(x64)).pow(2).sum(), x64, create_graph=True)
+    ref_penalty = torch.autograd.grad(grad64.pow(2).sum(), [conv64.weight, norm64.weight])
     for grad, ref_grad in zip(penalty, ref_penalty):
         assert relative_error(grad, ref_grad) < 1e-4
 
