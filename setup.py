@@ -15,8 +15,9 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['mixprec', 'mixprec.*']),
     install_requires=[
-        'torch>=2.1',
-        'torchvision>=0.16',
+        # 2.3: CPU kernels of the fused amp unscale/check and torch.amp.GradScaler on any device
+        'torch>=2.3',
+        'torchvision>=0.18',
         'mmcv-lite>=2.0',
         'mmengine>=0.8',
         'pycocotools>=2.0.6',
@@ -25,7 +26,7 @@ setup(
         'matplotlib>=3.5',
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout>=2', 'tensorboard>=2.10', 'faster-coco-eval>=1.6'],
+        'test': ['pytest>=8', 'pytest-timeout>=2', 'tensorboard>=2.10', 'faster-coco-eval>=1.6'],
         'eval': ['faster-coco-eval>=1.6'],
         'tensorboard': ['tensorboard>=2.10'],
         'wandb': ['wandb>=0.15'],
