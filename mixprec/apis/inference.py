@@ -73,9 +73,10 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
         ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=strict, trusted=trusted)
     fp16_cfg = config.get('fp16')
     if fp16_cfg is not None:
-        dtype = resolve_dtype(fp16_cfg.get('dtype', 'float16'), device.type)
-        wrap_fp16_model(model, dtype=dtype, mode=fp16_cfg.get('mode', 'master'),
-                        fp32_modules=fp16_cfg.get('fp32_modules'))
+        dtype = resolve_dtype(fp16_cfg.get('dtype', 'float16'), device)
+        if dtype is not torch.float32:  # 'auto' declines mixed precision where it does not pay
+            wrap_fp16_model(model, dtype=dtype, mode=fp16_cfg.get('mode', 'master'),
+                            fp32_modules=fp16_cfg.get('fp32_modules'))
     names = (ckpt.get('meta') or {}).get('CLASSES') or classes
     if names is None and checkpoint is not None:
         warnings.warn(f"{checkpoint}: no meta['CLASSES'] in the checkpoint, using COCO's class names")

@@ -22,6 +22,7 @@ from .flat import FlatGrads, check_params
 from .loss_scaler import LossScaler, SkippedStepsError, build_loss_scaler
 from .master import MasterParams
 from .norm_stats import RunningStatsGuard
+from .precision import choose_dtype, dtype_name, slow_dtype_reason
 from .utils import resolve_dtype
 from .wrap import MODES, convs_to_channels_last, fp32_param_ids, fp32_roots, wrap_fp16_model
 
@@ -41,7 +42,13 @@ class Fp16OptimizerHook:
             arguments. None (default) means 'dynamic' for float16 and a static 1.0 for bfloat16:
             bf16 has fp32's exponent range, so scaling buys nothing, yet non-finite steps are still
             detected and skipped.
-        dtype: 'float16' | 'bfloat16' | 'auto' (float16 on CUDA, bfloat16 on the CPU).
+        dtype: 'float16' | 'bfloat16' | 'auto': at ``before_run``, the precision that is fast and
+            safe on the model's device (:func:`mixprec.fp16.precision.choose_dtype`): bfloat16 on
+            CUDA 8.0+ and on CPUs with native bf16, float16 on CUDA 7.x, and elsewhere none: then
+            the hook *declines* mixed precision and runs the plain fp32 step (no model conversion,
+            no master copies, no loss scaling), saying so in the log and in the checkpoints'
+            ``meta['fp16']``. An explicit dtype is honoured, with a warning where the device has no
+            fast path for it.
         mode: 'master' (half model, fp32 master weights owned by the optimizer) or 'autocast'
             (fp32 model, ``@auto_fp16`` regions under ``torch.autocast``).
         distributed: agree on the overflow flag across ranks (all_reduce MAX) when
@@ -108,7 +115,9 @@ class Fp16OptimizerHook:
         self._stats: Optional[RunningStatsGuard] = None
         self._dtype_arg = dtype
         self._loss_scale_arg = loss_scale
-        self.dtype = resolve_dtype(dtype)
+        # 'auto' is decided on the model's device in before_run; None until then
+        self.dtype: Optional[torch.dtype] = None if dtype == 'auto' else resolve_dtype(dtype)
+        self.declined: Optional[str] = None
         self.loss_scaler: LossScaler = build_loss_scaler(loss_scale, self._default_loss_scale())
         self._masters: Optional[MasterParams] = None
         self._grads: Optional[FlatGrads] = None
@@ -135,15 +144,10 @@ class Fp16OptimizerHook:
         module = unwrap(model)
         first = next(module.parameters(), None)
         device = first.device if first is not None else torch.device('cpu')
-        if self._dtype_arg == 'auto':
-            self.dtype = resolve_dtype('auto', device.type)
-            if self._loss_scale_arg is None:
-                self.loss_scaler = build_loss_scaler(None, self._default_loss_scale())
-            self._log(runner).info("Fp16OptimizerHook: dtype='auto' -> %s (model on %s)",
-                                   str(self.dtype).replace('torch.', ''), device.type)
+        self._choose_dtype(runner, device)
         fp32_roots(module, self.fp32_modules)  # a misspelt name fails before anything changes
         check_params(list(module.named_parameters()))
-        if self.mode == 'master':
+        if self.mode == 'master' and self.declined is None:
             convs_to_channels_last(module)
             self._masters = MasterParams(module, optimizer, fp32_param_ids(module, self.fp32_modules))
             wrap_fp16_model(module, self.dtype, 'master', self.fp32_modules)
@@ -157,7 +161,8 @@ class Fp16OptimizerHook:
             self._grad_tensors = [self._masters.grad_flat] if self._masters.params else []
             self._names = self._masters.names
         else:
-            wrap_fp16_model(module, self.dtype, 'autocast', self.fp32_modules)
+            if self.declined is None:
+                wrap_fp16_model(module, self.dtype, 'autocast', self.fp32_modules)
             names = {id(p): n for n, p in module.named_parameters()}
             params = [p for g in optimizer.param_groups for p in g['params'] if p.requires_grad]
             params.sort(key=lambda p: str(p.dtype))
@@ -165,7 +170,7 @@ class Fp16OptimizerHook:
             self._grad_tensors = self._grads.flats
             self._names = [names.get(id(p), '<not in model>') for p in params]
         self._stats = RunningStatsGuard(module)
-        if is_ddp(model) and (self.mode == 'master' or model.gradient_as_bucket_view):
+        if is_ddp(model) and ((self.mode == 'master' and self.declined is None) or model.gradient_as_bucket_view):
             runner.model = rebuild_ddp(model)
         self._found_inf = torch.zeros(1, device=device)
         self._inv_scale = torch.ones(1, device=device)
@@ -175,10 +180,35 @@ class Fp16OptimizerHook:
                 'iterations: the first window is incomplete, its loss still divided by %d',
                 runner.iter, self.cumulative_iters, self.cumulative_iters)
         meta = getattr(runner, 'meta', None)
-        if isinstance(meta, dict) and 'loss_scaler' in (meta.get('fp16') or {}):
+        if isinstance(meta, dict) and 'loss_scaler' in (meta.get('fp16') or {}) and self.declined is None:
             self.loss_scaler.load_state_dict(meta['fp16']['loss_scaler'])
-        self._log(runner).info('Fp16OptimizerHook: mode=%s dtype=%s %r', self.mode,
-                               str(self.dtype).replace('torch.', ''), self.loss_scaler)
+        if self.declined is None:
+            self._log(runner).info('Fp16OptimizerHook: mode=%s dtype=%s %r', self.mode,
+                                   dtype_name(self.dtype), self.loss_scaler)
+
+    def _choose_dtype(self, runner, device: torch.device) -> None:
+        """Settle ``dtype='auto'`` on ``device`` (or decline mixed precision there), or warn when an
+        explicit dtype has no fast path on it."""
+        log = self._log(runner)
+        if self._dtype_arg != 'auto':
+            slow = slow_dtype_reason(self.dtype, device)
+            if slow:
+                log.warning('Fp16OptimizerHook: dtype=%s on %s as configured, but %s',
+                            dtype_name(self.dtype), device.type, slow)
+            return
+        choice = choose_dtype(device)
+        self.dtype = choice.dtype
+        if choice.mixed:
+            log.info("Fp16OptimizerHook: dtype='auto' -> %s on %s: %s", dtype_name(self.dtype),
+                     device.type, choice.reason)
+            if self._loss_scale_arg is None:
+                self.loss_scaler = build_loss_scaler(None, self._default_loss_scale())
+            return
+        self.declined = choice.reason
+        self.loss_scaler = build_loss_scaler(1.0, 1.0)
+        log.warning("Fp16OptimizerHook: dtype='auto' -> float32 on %s: mixed precision declined (%s); "
+                    'training with the plain fp32 step (no master weights, no loss scaling)',
+                    device.type, choice.reason)
 
     # ------------------------------------------------------------------ accumulation windows
     def _window(self, it: int, max_iters: Optional[int]) -> tuple[int, bool, bool]:
@@ -369,8 +399,13 @@ class Fp16OptimizerHook:
 
     # ------------------------------------------------------------------ state
     def _fp16_meta(self) -> dict:
-        return {'loss_scaler': self.loss_scaler.state_dict(),
-                'dtype': str(self.dtype).replace('torch.', ''), 'mode': self.mode}
+        meta = {'loss_scaler': self.loss_scaler.state_dict(),
+                'dtype': dtype_name(self.dtype) if self.dtype is not None else str(self._dtype_arg),
+                'mode': self.mode}
+        if self.declined is not None:
+            meta.update(mode='fp32', requested=dict(dtype=self._dtype_arg, mode=self.mode),
+                        declined=self.declined)
+        return meta
 
     def _update_meta(self, runner) -> None:
         if getattr(runner, 'meta', None) is None:

@@ -5,6 +5,8 @@ from typing import Any, Iterable, Optional, Union
 
 import torch
 
+from .precision import choose_dtype
+
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 _DTYPE_NAMES = {
@@ -13,20 +15,21 @@ _DTYPE_NAMES = {
 }
 
 
-def resolve_dtype(dtype: Union[str, torch.dtype], device_type: Optional[str] = None) -> torch.dtype:
-    """Turn 'float16' | 'bfloat16' | 'auto' | a torch dtype into a half torch dtype.
+def resolve_dtype(dtype: Union[str, torch.dtype], device: Union[str, torch.device, None] = None) -> torch.dtype:
+    """Turn 'float16' | 'bfloat16' | 'auto' | a half torch dtype into a torch dtype.
 
-    'auto' picks float16 when ``device_type`` (default: CUDA if available) is CUDA, bfloat16
-    otherwise: CPU fp16 kernels are slow or missing, bf16 needs no loss scaling.
+    'auto' is :func:`mixprec.fp16.precision.choose_dtype` on ``device`` (default: the current CUDA
+    device if there is one, else the CPU): float16, bfloat16, or float32 where no half precision
+    pays on that device.
     """
     if isinstance(dtype, torch.dtype):
         if dtype not in HALF_DTYPES:
             raise ValueError(f'fp16 dtype must be float16 or bfloat16, got {dtype}')
         return dtype
     if dtype == 'auto':
-        if device_type is None:
-            device_type = 'cuda' if torch.cuda.is_available() else 'cpu'
-        return torch.float16 if device_type == 'cuda' else torch.bfloat16
+        if device is None:
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        return choose_dtype(device).dtype
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"fp16 dtype must be one of 'float16', 'bfloat16', 'auto', got {dtype!r}")
     return _DTYPE_NAMES[dtype]

@@ -152,6 +152,10 @@ def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.flo
                     mode: str = 'master', fp32_modules: Optional[Iterable[str]] = None) -> nn.Module:
     """Prepare ``model`` for mixed precision, in place, and return it.
 
+    ``dtype='auto'`` decides on the device of the model's parameters
+    (:func:`mixprec.fp16.precision.choose_dtype`) and leaves the model unchanged where no half
+    precision pays.
+
     master: parameters and buffers become ``dtype`` except in normalization layers (BatchNorm*,
     SyncBatchNorm, GroupNorm, LayerNorm, InstanceNorm), which stay fp32 and accept half inputs;
     convolution weights are stored channels_last (see :func:`convs_to_channels_last`).
@@ -164,6 +168,12 @@ def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.flo
     """
     if mode not in MODES:
         raise ValueError(f'fp16 mode must be one of {MODES}, got {mode!r}')
+    if dtype == 'auto':
+        first = next(model.parameters(), None)
+        dtype = resolve_dtype('auto', first.device if first is not None else 'cpu')
+        if dtype is torch.float32:
+            logger.info("wrap_fp16_model: dtype='auto' -> float32 on this device: the model stays as it is")
+            return model
     dtype = resolve_dtype(dtype)
     kept = fp32_module_ids(model, fp32_modules)
     for root in fp32_roots(model, fp32_modules):
