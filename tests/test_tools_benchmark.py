@@ -11,6 +11,7 @@ import torch
 
 from mixprec.config import load_config
 from mixprec.data import make_shapes_dataset
+from mixprec.fp16.precision import describe_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, 'tools/analysis_tools/benchmark.py')
@@ -84,7 +85,7 @@ def test_train_fp32_against_mixed_in_one_run(tiny_config):
                     '--log-interval', '1', '--img-scale', '128', '96')
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert 'training on cpu, 2 images per iteration; memory: peak RSS' in out
+    assert f'training on cpu ({describe_device("cpu")}), 2 images per iteration; memory: peak RSS' in out
     rows = {name: [float(v) for v in values] for name, *values in
             re.findall(r'^(fp32|bfloat16 master)\s+' + r'\s+'.join([NUMBER] * 3) + '$', out, re.M)}
     assert set(rows) == {'fp32', 'bfloat16 master'}

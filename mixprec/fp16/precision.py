@@ -13,6 +13,7 @@ milliseconds, once per process) says what oneDNN uses, which a user can limit
 from __future__ import annotations
 
 import functools
+import platform
 import time
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -85,6 +86,29 @@ def cpu_flags() -> dict[str, bool]:
         check = getattr(torch.cpu, f'_is_{name}_supported', None)
         return bool(check()) if check is not None else False
     return {'avx512_bf16': flag('avx512_bf16'), 'amx': flag('amx_tile'), 'amx_fp16': flag('amx_fp16')}
+
+
+def cpu_model_name() -> str:
+    """/proc/cpuinfo's model name (the machine type where there is none)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device(device: Union[str, torch.device]) -> str:
+    """One line naming the device and what it computes half precision with, for benchmark reports:
+    the GPU and its compute capability, or the CPU model, ATen's vector ISA and its half-precision
+    features (which :func:`choose_dtype` reads)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        major, minor = torch.cuda.get_device_capability(device)
+        return f'{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})'
+    return f'{cpu_model_name()}, {cpu_isa()}'
 
 
 def cpu_isa() -> str:

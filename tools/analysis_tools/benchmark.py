@@ -37,6 +37,7 @@ from mixprec.cli import run_cli
 from mixprec.config import Config, DictAction, load_config
 from mixprec.data import build_dataloader, build_dataset
 from mixprec.engine import Runner, move_to_device
+from mixprec.fp16.precision import describe_device
 from mixprec.models import build_detector, place_model
 from mixprec.registry import HOOKS, ConfigError
 
@@ -264,6 +265,8 @@ def precision_label(hook) -> str:
     dtype = getattr(hook, 'dtype', None)
     if dtype is None:
         return 'fp32'
+    if getattr(hook, 'declined', None):
+        return 'fp32 (auto declined)'
     return f'{str(dtype).replace("torch.", "")} {hook.mode}'
 
 
@@ -312,7 +315,7 @@ def format_train_table(fp32: dict, mixed: dict) -> str:
     """The two runs side by side and the ratios fp32 / mixed."""
     kind = 'max_memory_allocated' if fp32['device'] == 'cuda' else 'peak RSS'
     has_fps = 'fps' in fp32 and 'fps' in mixed
-    lines = [f'training on {fp32["device"]}, {fp32["samples_per_gpu"]} images per iteration; '
+    lines = [f'training on {fp32["device"]} ({describe_device(default_device())}), {fp32["samples_per_gpu"]} images per iteration; '
              f'memory: {kind}',
              f'{"precision":<20}{"s/iter":>10}{"memory (MB)":>14}' + (f'{"fps (img/s)":>14}' if has_fps else '')]
     for run in (fp32, mixed):
@@ -336,6 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         runs = [run_precision_subprocess(argv, precision) for precision in PRECISIONS]
         print(format_train_table(*runs))
     else:
+        print(f'inference on {describe_device(default_device())}', flush=True)
         benchmark_inference(args, cfg)
 
 

@@ -89,6 +89,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from mixprec.cli import run_cli  # noqa: E402
+from mixprec.fp16.precision import describe_device  # noqa: E402
 from mixprec.registry import ConfigError  # noqa: E402
 
 RESULT_PREFIX = 'benchmark-detectors-result: '
@@ -759,6 +760,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     configs = configurations(args)
     if not configs:
         raise ConfigError('no configuration to run: torchvision has no master mode; choose other --modes')
+    print(f'device: {describe_device("cuda" if torch.cuda.is_available() else "cpu")}', flush=True)
     load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
     results = [run_subprocess(args, config, threads) for config in configs]
     load = (load_before, os.getloadavg()[0]) if load_before is not None else None

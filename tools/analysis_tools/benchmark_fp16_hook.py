@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 
 from mixprec.fp16 import Fp16OptimizerHook, auto_fp16, force_fp32
+from mixprec.fp16.precision import describe_device
 
 
 class DetectorSizedNet(nn.Module):
@@ -113,6 +114,7 @@ def main() -> None:
     hook = Fp16OptimizerHook(dtype=args.dtype, mode=args.mode, loss_scale=loss_scale,
                              grad_clip=None if args.no_clip else dict(max_norm=35, norm_type=2))
     hook.before_run(runner)
+    print(f'device: {describe_device("cpu")}')
     print(f'model: {sum(p.numel() for p in params) / 1e6:.1f}M parameters in {len(params)} tensors; '
           f'{args.dtype} {args.mode}; input {args.batch}x3x{args.img_size}x{args.img_size}; '
           f'{torch.get_num_threads()} threads; grad_clip={not args.no_clip}; '

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from mixprec.cli import run_cli
 from mixprec.config import Config, DictAction, load_config
 from mixprec.data import build_dataloader, build_dataset
 from mixprec.engine import Runner
-from mixprec.fp16.precision import choose_dtype, cpu_isa, dtype_name, slow_dtype_reason
+from mixprec.fp16.precision import choose_dtype, describe_device, dtype_name, slow_dtype_reason
 from mixprec.models import build_detector, place_model
 from mixprec.registry import HOOKS, ConfigError
 
@@ -54,25 +53,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def probe_device() -> torch.device:
     return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == 'cuda':
-        major, minor = torch.cuda.get_device_capability(device)
-        return f'{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})'
-    return f'{cpu_model_name()}, {cpu_isa()}'
-
-
-def cpu_model_name() -> str:
-    """/proc/cpuinfo's model name (the machine type where there is none)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def settings_for(device: torch.device, everything: bool) -> list[dict]:
