@@ -22,9 +22,23 @@ from mixprec.registry import HOOKS, ConfigError
 from test_fp16_helpers import TinyNet, batches, make_runner, net_loss, run
 
 
+class SideBySide:
+    """The scenarios' results; a scenario that raised in the subprocess fails its tests with the
+    traceback."""
+
+    def __init__(self, results: dict) -> None:
+        self.results = results
+
+    def __getitem__(self, scenario: str) -> dict:
+        result = self.results[scenario]
+        if 'error' in result:
+            pytest.fail(f'scenario {scenario!r} raised in the mmcv 1.7.2 process:\n{result["error"]}')
+        return result
+
+
 @pytest.fixture(scope='module')
 def side(tmp_path_factory):
-    return run_side_by_side(str(tmp_path_factory.mktemp('mmcv1')))
+    return SideBySide(run_side_by_side(str(tmp_path_factory.mktemp('mmcv1'))))
 
 
 def differing(cases: dict) -> list:
@@ -106,7 +120,7 @@ def test_fp16_hooks_in_mmcv_runners(side, kind, decorators):
         moved = (ref - 1).abs().max()
         assert moved > 1e-3  # the weights did move from their initial 1.0
         assert (got - same).abs().max() < 2e-3 * moved
-        assert (got - ref).abs().max() < 5e-3 * moved
+        assert (got - ref).abs().max() < 2e-3 * moved
     steps = 2 if kind == 'epoch' else 3
     for result in (cumulative, plain):
         assert result['model_dtype'] == 'torch.float16' and result['meta_fp16'] == 'master'
@@ -129,7 +143,7 @@ def test_defaults_and_signatures_follow_mmcv(side):
 
 
 def test_every_registered_hook_class_registers_in_mmcv_runners(side):
-    classes = side['defaults']['ours_hook_classes']
+    classes = side['hook_classes']
     assert {'OptimizerHook', 'Fp16OptimizerHook', 'GradientCumulativeFp16OptimizerHook', 'CheckpointHook'} <= set(classes)
     assert {name for name, c in classes.items() if not c['is_mmcv_hook'] or c['has_priority']} == set()
 

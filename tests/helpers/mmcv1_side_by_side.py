@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import traceback
 from collections import OrderedDict, namedtuple
 from types import SimpleNamespace
 
@@ -23,11 +24,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 MMCV_ROOT, OUT = sys.argv[1], sys.argv[2]
+IMPORT_FAILED = 3  # exit status when mmcv 1.7.2 itself cannot be imported
 
-import mmcv  # noqa: E402
-from mmcv.runner import build_runner, epoch_based_runner, iter_based_runner  # noqa: E402
-import mmcv.runner as mmcv_runner  # noqa: E402
-from mmcv.runner import fp16_utils as mmcv_fp16  # noqa: E402
+try:
+    import mmcv
+    from mmcv.runner import build_runner, epoch_based_runner, iter_based_runner
+    import mmcv.runner as mmcv_runner
+    from mmcv.runner import fp16_utils as mmcv_fp16
+except ImportError as exc:  # a package mmcv 1.7.2 needs is missing here: the caller skips
+    print(f'mmcv 1.7.2 cannot be imported here: {type(exc).__name__}: {exc}')
+    sys.exit(IMPORT_FAILED)
 
 import mixprec.engine as ours_engine  # noqa: E402
 import mixprec.fp16 as ours_fp16  # noqa: E402
@@ -399,19 +405,27 @@ def scenario_defaults() -> dict:
             'has_batch_norm_fp16': [names.GradientCumulativeFp16OptimizerHook(2).has_batch_norm(m)
                                     for m in (WithBN(), Toy())],
         }
-    results['ours_hook_classes'] = {name: {'is_mmcv_hook': issubclass(cls, mmcv_runner.Hook),
-                                           'has_priority': hasattr(cls, 'priority')}
-                                    for name, cls in OURS_HOOKS.module_dict.items() if isinstance(cls, type)}
     return results
 
 
+def scenario_hook_classes() -> dict:
+    """Every hook class in mixprec's registry: an mmcv 1.x ``Hook``, without a preset ``priority``."""
+    return {name: {'is_mmcv_hook': issubclass(cls, mmcv_runner.Hook), 'has_priority': hasattr(cls, 'priority')}
+            for name, cls in OURS_HOOKS.module_dict.items() if isinstance(cls, type)}
+
+
 def main() -> None:
+    """Run every scenario; one that raises is recorded as ``{'error': traceback}`` and the others
+    still run."""
     results = {}
     for name, scenario in (('cast', scenario_cast), ('decorators', scenario_decorators),
                            ('detect', scenario_detect), ('fp32_hooks', scenario_fp32_hooks),
                            ('nonfinite_loss', scenario_nonfinite_loss), ('fp16_hooks', scenario_fp16_hooks),
-                           ('defaults', scenario_defaults)):
-        results[name] = scenario()
+                           ('defaults', scenario_defaults), ('hook_classes', scenario_hook_classes)):
+        try:
+            results[name] = scenario()
+        except Exception:
+            results[name] = {'error': traceback.format_exc()}
     torch.save(results, OUT)
 
 
