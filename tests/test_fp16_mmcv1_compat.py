@@ -8,12 +8,15 @@ does not do (our hooks without ``log_vars``, detection in the cumulative hook) a
 registration.
 """
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from helpers.mmcv1 import run_side_by_side
+from helpers.mmcv1 import ROOT, run_side_by_side
 from helpers.toy import ToyModel
 from mixprec.engine import GradientCumulativeOptimizerHook, Hook, OptimizerHook, Runner
 from mixprec.engine.hooks import NonFiniteLossError
@@ -264,3 +267,21 @@ def test_runner_orders_hooks_by_default_priority(tmp_path):
     assert [(type(h).__name__, h.priority) for h in runner.hooks] == [
         ('Declared', 5), ('StepLrUpdaterHook', 10), ('Fp16OptimizerHook', 30), ('CheckpointHook', 50),
         ('IterTimerHook', 80), ('TextLoggerHook', 90), ('OptimizerHook', 90), ('EmptyCacheHook', 100)]
+
+
+def test_a_broken_mmcv1_install_does_not_break_mixprec(tmp_path):
+    """An ``mmcv`` with mmcv 1.x's layout whose ``mmcv.runner`` fails to import: mixprec still
+    imports, says so in one warning, and its hooks keep a plain base."""
+    runner = tmp_path / 'mmcv' / 'runner'
+    (runner / 'hooks').mkdir(parents=True)
+    (tmp_path / 'mmcv' / '__init__.py').write_text('')
+    (runner / '__init__.py').write_text("raise ImportError('mmcv._ext is missing')\n")
+    (runner / 'hooks' / 'hook.py').write_text('')
+    code = ('import logging; logging.basicConfig(); from mixprec.fp16.hook_base import HookBase; '
+            'print(HookBase.__mro__[1:] == (object,))')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'True'
+    assert ('mmcv 1.x found but mmcv.runner failed to import (ImportError: mmcv._ext is missing); '
+            'mixprec hooks will not register in mmcv 1.x runners') in out.stderr

@@ -2,7 +2,9 @@
 
 Needs of the runner only ``model`` (maybe DDP), ``optimizer``, ``outputs['loss']``,
 ``log_buffer.update(dict, count)``, ``iter``, ``meta`` (dict or None) and optionally ``max_iters``
-and ``logger``, so it works under this project's runner and mmcv-1.x-style runners alike.
+and ``logger``, so it works under this project's runner and mmcv-1.x-style runners alike; where
+mmcv 1.x is installed it is an ``mmcv.runner.Hook`` (see :mod:`.hook_base`), so mmcv 1.x's own
+runners register it.
 """
 from __future__ import annotations
 
