@@ -103,9 +103,14 @@ def test_positional_and_keyword_args_cast_alike():
 
 
 def test_cast_tensor_type_containers():
+    """mmcv 1.x's argument order (inputs, src_type, dst_type); namedtuples keep their type and an
+    unchanged container is returned as it is."""
     t = torch.randn(2)
-    pair = cast_tensor_type(Pair(t, [t, 3]), torch.float16)
+    pair = cast_tensor_type(Pair(t, [t, 3]), torch.float32, torch.float16)
     assert isinstance(pair, Pair) and pair.a.dtype is torch.float16 and pair.b[1] == 3
     same = [torch.ones(1, dtype=torch.int64), 'x']
-    assert cast_tensor_type(same, torch.float16) is same
-    assert cast_tensor_type({'a': t}, torch.bfloat16, src_types=(torch.float16,))['a'] is t
+    assert cast_tensor_type(same, torch.float32, torch.float16) is same
+    assert cast_tensor_type({'a': t}, (torch.float16,), torch.bfloat16)['a'] is t
+    cast = cast_tensor_type({'a': t, 'b': t.half()}, (torch.float32, torch.float16), torch.bfloat16)
+    assert cast['a'].dtype is torch.bfloat16 and cast['b'].dtype is torch.bfloat16
+    assert cast_tensor_type(t, None, torch.float16) is t  # a src_type that is no dtype matches nothing

@@ -26,6 +26,8 @@ def setup(dtype='float16', mode='master', lr=0.05, momentum=0.9, seed=0, model=N
     fp32 = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     runner = make_runner(model, opt, max_iters=hook_args.pop('max_iters', None))
+    if dtype == 'float16':  # these tests follow the dynamic scaler; float16's default is a static 512
+        hook_args.setdefault('loss_scale', 'dynamic')
     hook = Fp16OptimizerHook(dtype=dtype, mode=mode, **hook_args)
     hook.before_run(runner)
     return runner, hook, fp32
@@ -295,7 +297,8 @@ def test_bf16_defaults_and_auto_dtype(caplog):
     assert Fp16OptimizerHook(dtype='bfloat16').loss_scaler.state_dict()['mode'] == 'static'
     assert Fp16OptimizerHook(dtype='bfloat16').loss_scaler.loss_scale == 1.
     assert Fp16OptimizerHook(dtype='bfloat16', loss_scale='dynamic').loss_scaler.mode == 'dynamic'
-    assert Fp16OptimizerHook().loss_scaler.mode == 'dynamic'
+    default = Fp16OptimizerHook().loss_scaler  # float16: mmcv 1.x's default, a static 512
+    assert default.mode == 'static' and default.loss_scale == 512.
     with caplog.at_level(logging.INFO):
         runner, hook, _ = setup('auto')
     expected = torch.bfloat16 if native_bf16() in (True, None) else torch.float32  # this CPU (see test_fp16_precision)
@@ -308,7 +311,8 @@ def test_registry_and_hook_interface():
     hook = HOOKS.build(dict(type='Fp16OptimizerHook', grad_clip=None, loss_scale=512.,
                             distributed=False, coalesce=True, bucket_size_mb=-1))
     assert hook.loss_scaler.mode == 'static' and hook.loss_scaler.loss_scale == 512.
-    assert isinstance(hook.priority, int) and hook.priority < 50
+    assert isinstance(hook.default_priority, int) and hook.default_priority < 50
+    assert not hasattr(hook, 'priority')  # the runner's registration sets it (mmcv 1.x refuses it preset)
     for name in ('before_run', 'after_run', 'before_epoch', 'after_epoch', 'before_iter', 'after_iter',
                  'before_train_epoch', 'after_train_epoch', 'before_train_iter', 'after_train_iter',
                  'before_val_epoch', 'after_val_epoch', 'before_val_iter', 'after_val_iter',

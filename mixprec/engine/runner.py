@@ -183,8 +183,13 @@ class Runner:
 
     # -- hooks ---------------------------------------------------------------------------------
     def register_hook(self, hook: Any, priority: Optional[int | str] = None) -> None:
-        """Insert ``hook`` by priority (lower runs first; equal priorities keep insertion order)."""
-        hook.priority = get_priority(priority if priority is not None else getattr(hook, 'priority', 50))
+        """Insert ``hook`` by priority (lower runs first; equal priorities keep insertion order).
+
+        Without ``priority``: the hook's own ``priority`` attribute where it declares one, else its
+        class's ``default_priority`` (mixprec's hooks; see :class:`Hook`), else NORMAL."""
+        if priority is None:
+            priority = getattr(hook, 'priority', getattr(hook, 'default_priority', 'NORMAL'))
+        hook.priority = get_priority(priority)
         position = len(self._hooks)
         for index in range(len(self._hooks) - 1, -1, -1):
             if hook.priority >= self._hooks[index].priority:

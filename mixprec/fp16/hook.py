@@ -2,7 +2,9 @@
 
 Needs of the runner only ``model`` (maybe DDP), ``optimizer``, ``outputs['loss']``,
 ``log_buffer.update(dict, count)``, ``iter``, ``meta`` (dict or None) and optionally ``max_iters``
-and ``logger``, so it works under this project's runner and mmcv-1.x-style runners alike.
+and ``logger``, so it works under this project's runner and mmcv-1.x-style runners alike; where
+mmcv 1.x is installed it is an ``mmcv.runner.Hook`` (see :mod:`.hook_base`), so mmcv 1.x's own
+runners register it.
 """
 from __future__ import annotations
 
@@ -19,29 +21,35 @@ from mixprec.registry import HOOKS, ConfigError
 
 from .ddp import is_ddp, rebuild_ddp, unwrap
 from .flat import FlatGrads, check_params
+from .hook_base import HookBase
 from .loss_scaler import LossScaler, SkippedStepsError, build_loss_scaler
 from .master import MasterParams
-from .norm_stats import RunningStatsGuard
+from .norm_stats import RunningStatsGuard, has_batch_norm
 from .precision import choose_dtype, dtype_name, slow_dtype_reason
 from .utils import resolve_dtype
 from .wrap import MODES, convs_to_channels_last, fp32_param_ids, fp32_roots, wrap_fp16_model
 
 logger = logging.getLogger(__name__)
 
-_MMCV_IGNORED = ('coalesce', 'bucket_size_mb')
 _MAX_NAMED = 5
 
 
 @HOOKS.register_module()
-class Fp16OptimizerHook:
+class Fp16OptimizerHook(HookBase):
     """Mixed-precision optimizer hook (backward, loss scaling, overflow skip, clip, step).
+
+    The first five arguments are mmcv 1.x's, in its order, so mmcv-style calls (positional ones
+    included) work unchanged.
 
     Args:
         grad_clip: ``dict(max_norm=..., norm_type=2)`` applied to the unscaled fp32 gradients.
+        coalesce, bucket_size_mb: mmcv 1.x arguments, accepted and without effect.
         loss_scale: a number (static scale), 'dynamic', or a dict of :class:`LossScaler`
-            arguments. None (default) means 'dynamic' for float16 and a static 1.0 for bfloat16:
-            bf16 has fp32's exponent range, so scaling buys nothing, yet non-finite steps are still
-            detected and skipped.
+            arguments. None (default) means a static 512 for float16, mmcv 1.x's default and the
+            scale of every mmdetection v2 fp16 config (so such code gets the scale it had; a static
+            scale steps from the first iteration, where a dynamic one starts by skipping steps
+            until its scale fits), and a static 1.0 for bfloat16: bf16 has fp32's exponent range,
+            so scaling buys nothing. Overflowing steps are detected and skipped at any scale.
         dtype: 'float16' | 'bfloat16' | 'auto': at ``before_run``, the precision that is fast and
             safe on the model's device (:func:`mixprec.fp16.precision.choose_dtype`): bfloat16 on
             CUDA 8.0+ and on CPUs with native bf16, float16 on CUDA 7.x, and elsewhere none: then
@@ -58,7 +66,6 @@ class Fp16OptimizerHook:
             :class:`SkippedStepsError` (a static scale, bf16's default, never backs off, so a loss
             that is non-finite every iteration would otherwise be skipped forever).
         fp32_modules: names of submodules run entirely in fp32 (see :func:`wrap_fp16_model`).
-        coalesce, bucket_size_mb: mmcv 1.x arguments, accepted and without effect.
 
     The update equals the fp32 ``OptimizerHook``'s up to rounding, whatever the training code does
     between steps: parameters that got no gradient in a window are handed to the optimizer with
@@ -77,19 +84,19 @@ class Fp16OptimizerHook:
     checkpoints, which follow such writes the same way.
     """
 
-    priority = 30
+    default_priority = 30
 
-    def __init__(self, grad_clip: Optional[dict] = None,
-                 loss_scale: Union[float, str, dict, None] = None,
+    def __init__(self, grad_clip: Optional[dict] = None, coalesce: bool = True, bucket_size_mb: int = -1,
+                 loss_scale: Union[float, str, dict, None] = None, distributed: bool = True,
                  dtype: Union[str, torch.dtype] = 'float16', mode: str = 'master',
-                 distributed: bool = True, cumulative_iters: int = 1, max_skipped_steps: int = 100,
+                 cumulative_iters: int = 1, max_skipped_steps: int = 100,
                  fp32_modules: Optional[Sequence[str]] = None, **kwargs) -> None:
-        unknown = [k for k in kwargs if k not in _MMCV_IGNORED]
-        if unknown:
-            valid = [n for n in inspect.signature(type(self).__init__).parameters
-                     if n not in ('self', 'kwargs')] + list(_MMCV_IGNORED)
-            close = difflib.get_close_matches(unknown[0], valid, n=3, cutoff=0.5)
-            raise ConfigError(f'Fp16OptimizerHook: unknown argument {unknown[0]!r}'
+        if kwargs:
+            name = next(iter(kwargs))
+            valid = [n for n in inspect.signature(Fp16OptimizerHook.__init__).parameters
+                     if n not in ('self', 'kwargs')]
+            close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+            raise ConfigError(f'{type(self).__name__}: unknown argument {name!r}'
                               + (f'; did you mean {", ".join(close)}?' if close else '')
                               + f' (valid: {", ".join(valid)})')
         if int(max_skipped_steps) < 1:
@@ -127,8 +134,8 @@ class Fp16OptimizerHook:
         self._inv_scale: Optional[torch.Tensor] = None
         self._started = False
 
-    def _default_loss_scale(self) -> Union[float, str]:
-        return 1.0 if self.dtype is torch.bfloat16 else 'dynamic'
+    def _default_loss_scale(self) -> float:
+        return 1.0 if self.dtype is torch.bfloat16 else 512.
 
     def _log(self, runner) -> logging.Logger:
         return getattr(runner, 'logger', None) or logger
@@ -466,3 +473,31 @@ class Fp16OptimizerHook:
 
     def after_val_iter(self, runner) -> None:
         pass
+
+
+@HOOKS.register_module()
+class GradientCumulativeFp16OptimizerHook(Fp16OptimizerHook):
+    """mmcv 1.x's name for :class:`Fp16OptimizerHook` with ``cumulative_iters``: gradients of
+    ``cumulative_iters`` iterations per optimizer step, the run's last incomplete window dividing
+    by its own length. ``cumulative_iters`` comes first, as in mmcv; the other arguments are
+    :class:`Fp16OptimizerHook`'s."""
+
+    def __init__(self, cumulative_iters: int = 1, **kwargs) -> None:
+        if isinstance(cumulative_iters, bool) or not isinstance(cumulative_iters, int) or cumulative_iters < 1:
+            raise ConfigError(f'GradientCumulativeFp16OptimizerHook: cumulative_iters must be a positive int, '
+                              f'got {cumulative_iters!r}')
+        super().__init__(cumulative_iters=cumulative_iters, **kwargs)
+
+    @staticmethod
+    def has_batch_norm(module: torch.nn.Module) -> bool:
+        """Whether ``module`` holds a BatchNorm layer (mmcv 1.x's method)."""
+        return has_batch_norm(module)
+
+    def before_run(self, runner) -> None:
+        """:meth:`Fp16OptimizerHook.before_run`, then mmcv's warning for BatchNorm layers in training
+        mode, whose batch statistics see one iteration's batch, not the window's."""
+        super().before_run(runner)
+        if self.cumulative_iters > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+                                             for m in unwrap(runner.model).modules()):
+            self._log(runner).warning('GradientCumulativeFp16OptimizerHook: the model has BatchNorm layers; '
+                                      "their batch statistics still see one iteration's batch, not the window")

@@ -48,3 +48,8 @@ class RunningStatsGuard:
             torch._foreach_copy_(self._live, self._saved)
         self._valid = False
         return True
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is or holds a BatchNorm layer (SyncBatchNorm included)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())

@@ -1,6 +1,7 @@
 """Small helpers shared by the fp16 modules: dtype names and recursive tensor casting."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable, Optional, Union
 
 import torch
@@ -35,27 +36,31 @@ def resolve_dtype(dtype: Union[str, torch.dtype], device: Union[str, torch.devic
     return _DTYPE_NAMES[dtype]
 
 
-def cast_tensor_type(inputs: Any, dst_type: torch.dtype,
-                     src_types: Optional[Iterable[torch.dtype]] = None) -> Any:
-    """Cast floating tensors in ``inputs`` (also inside lists, tuples, dicts) to ``dst_type``.
+def cast_tensor_type(inputs: Any, src_type: Union[torch.dtype, Iterable[torch.dtype], None],
+                     dst_type: Optional[torch.dtype]) -> Any:
+    """Cast the tensors of dtype ``src_type`` in ``inputs`` (also inside lists, tuples, dicts) to
+    ``dst_type``.
 
-    Only tensors whose dtype is in ``src_types`` are cast (default: every floating dtype), so
-    integer tensors (labels, indices) and anything that is not a tensor pass through unchanged.
-    Containers are rebuilt only when something inside them changed type.
+    mmcv 1.x's signature and rule: only tensors whose dtype is ``src_type`` (or one of them, when a
+    tuple of dtypes is given) are cast, so tensors of other dtypes and everything that is not a
+    tensor (strings, arrays, modules, numbers) pass through; a ``src_type`` that is not a dtype
+    (mmcv's tests pass None or ``str``) matches no tensor. Unlike mmcv, containers are rebuilt only
+    when something inside them changed, and namedtuples keep their type.
     """
-    src = tuple(src_types) if src_types is not None else None
-    return _cast(inputs, dst_type, src)
+    if isinstance(src_type, torch.dtype):
+        src = (src_type,)
+    elif isinstance(src_type, (tuple, list, set, frozenset)):
+        src = tuple(t for t in src_type if isinstance(t, torch.dtype))
+    else:
+        src = ()
+    return _cast(inputs, src, dst_type) if src else inputs
 
 
-def _cast(obj: Any, dst: torch.dtype, src: Optional[tuple]) -> Any:
+def _cast(obj: Any, src: tuple, dst: torch.dtype) -> Any:
     if isinstance(obj, torch.Tensor):
-        if obj.dtype is dst or not obj.is_floating_point():
-            return obj
-        if src is not None and obj.dtype not in src:
-            return obj
-        return obj.to(dst)
+        return obj.to(dst) if obj.dtype in src and obj.dtype != dst else obj
     if isinstance(obj, (list, tuple)):
-        items = [_cast(x, dst, src) for x in obj]
+        items = [_cast(x, src, dst) for x in obj]
         if all(a is b for a, b in zip(items, obj)):
             return obj
         if isinstance(obj, list):
@@ -63,8 +68,8 @@ def _cast(obj: Any, dst: torch.dtype, src: Optional[tuple]) -> Any:
         if hasattr(obj, '_fields'):
             return type(obj)(*items)
         return type(obj)(items)
-    if isinstance(obj, dict):
-        out = {k: _cast(v, dst, src) for k, v in obj.items()}
+    if isinstance(obj, Mapping):
+        out = {k: _cast(v, src, dst) for k, v in obj.items()}
         if all(out[k] is obj[k] for k in obj):
             return obj
         return type(obj)(out) if type(obj) is not dict else out

@@ -31,7 +31,7 @@ def _norm_pre_hook(module: nn.Module, args: tuple):
     x = args[0] if args else None
     if isinstance(x, torch.Tensor) and x.dtype in HALF_DTYPES:
         module._fp16_input_dtype = x.dtype
-        return cast_tensor_type(args, torch.float32, HALF_DTYPES)
+        return cast_tensor_type(args, HALF_DTYPES, torch.float32)
     module._fp16_input_dtype = None
     return None
 
@@ -42,7 +42,7 @@ def _norm_post_hook(module: nn.Module, args: tuple, output):
     if dtype is None:
         return None
     module._fp16_input_dtype = None
-    return cast_tensor_type(output, dtype, (torch.float32,))
+    return cast_tensor_type(output, torch.float32, dtype)
 
 
 def patch_norm_fp32(module: nn.Module) -> nn.Module:
@@ -117,7 +117,7 @@ def _fp32_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
         context = torch.autocast(device, enabled=False)
         context.__enter__()
         module._fp16_autocast_off.append(context)
-    return cast_tensor_type(args, torch.float32, HALF_DTYPES), cast_tensor_type(kwargs, torch.float32, HALF_DTYPES)
+    return cast_tensor_type(args, HALF_DTYPES, torch.float32), cast_tensor_type(kwargs, HALF_DTYPES, torch.float32)
 
 
 def _fp32_post_hook(module: nn.Module, args: tuple, output) -> None:

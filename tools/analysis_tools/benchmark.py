@@ -205,7 +205,7 @@ def peak_rss_mb() -> float:
 class StepTimer:
     """Wall time between consecutive iteration ends, and peak memory from the end of warm-up."""
 
-    priority = 95
+    default_priority = 95
 
     def __init__(self, warmup: int, device: torch.device) -> None:
         self.warmup = warmup

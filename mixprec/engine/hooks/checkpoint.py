@@ -20,7 +20,7 @@ class CheckpointHook(Hook):
         out_dir: folder for the checkpoints (default: the work dir).
     """
 
-    priority = 50
+    default_priority = 50
 
     def __init__(self, interval: int = 1, by_epoch: bool = True, save_optimizer: bool = True,
                  out_dir: Optional[str] = None, max_keep_ckpts: int = -1, save_last: bool = True) -> None:

@@ -47,7 +47,7 @@ class BaseEMAHook(Hook):
         resume_from: a checkpoint to resume the whole run from (mmdet's argument; same as ``resume_from``).
     """
 
-    priority = 49  # before CheckpointHook (50) and EvalHook (70): both see the EMA weights
+    default_priority = 49  # before CheckpointHook (50) and EvalHook (70): both see the EMA weights
 
     def __init__(self, momentum: float = 0.0002, interval: int = 1, skip_buffers: bool = False,
                  resume_from: Optional[str] = None) -> None:

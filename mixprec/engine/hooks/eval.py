@@ -27,7 +27,7 @@ class EvalHook(Hook):
         **eval_kwargs: passed to ``dataset.evaluate`` (``metric=...``).
     """
 
-    priority = 70
+    default_priority = 70
 
     def __init__(self, dataloader, start: Optional[int] = None, interval: int = 1, by_epoch: bool = True,
                  save_best: Optional[str] = None, rule: Optional[str] = None, **eval_kwargs) -> None:

@@ -1,6 +1,8 @@
 """The hook interface: the runner calls these methods, in priority order, around each stage."""
 from __future__ import annotations
 
+from mixprec.fp16.hook_base import HookBase
+
 PRIORITIES = {
     'HIGHEST': 0, 'VERY_HIGH': 10, 'HIGH': 30, 'ABOVE_NORMAL': 40, 'NORMAL': 50,
     'BELOW_NORMAL': 60, 'LOW': 70, 'VERY_LOW': 90, 'LOWEST': 100,
@@ -15,10 +17,16 @@ def get_priority(priority: int | str) -> int:
     return PRIORITIES[priority]
 
 
-class Hook:
-    """Base class: every method is a no-op; a hook overrides the stages it cares about."""
+class Hook(HookBase):
+    """Base class: every method is a no-op; a hook overrides the stages it cares about.
 
-    priority: int = PRIORITIES['NORMAL']
+    ``default_priority`` is where :meth:`Runner.register_hook` puts the hook when no priority is
+    given. It is not called ``priority``: registration sets that attribute on the instance, and
+    mmcv 1.x's runners refuse a hook that already has it. Where the installed mmcv is 1.x this class
+    derives from mmcv's ``Hook`` (see :mod:`mixprec.fp16.hook_base`), so those runners accept it.
+    """
+
+    default_priority: int = PRIORITIES['NORMAL']
 
     def before_run(self, runner) -> None:
         pass
@@ -42,6 +50,12 @@ class Hook:
         pass
 
     def after_val_epoch(self, runner) -> None:
+        pass
+
+    def before_val_iter(self, runner) -> None:
+        pass
+
+    def after_val_iter(self, runner) -> None:
         pass
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

@@ -9,7 +9,7 @@ from .hook import Hook
 
 @HOOKS.register_module()
 class IterTimerHook(Hook):
-    priority = 80
+    default_priority = 80
 
     def before_train_epoch(self, runner) -> None:
         self._t = time.perf_counter()

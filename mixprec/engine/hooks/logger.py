@@ -23,7 +23,7 @@ def peak_memory_mb(device: torch.device) -> int:
 class LoggerHook(Hook):
     """Averages the log buffer every ``interval`` iterations and hands it to ``write``."""
 
-    priority = 90
+    default_priority = 90
 
     def __init__(self, interval: int = 50, ignore_last: bool = True, by_epoch: bool = True) -> None:
         self.interval = interval

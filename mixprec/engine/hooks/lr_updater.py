@@ -166,7 +166,7 @@ class ParamSchedulerHook(Hook):
 class LrUpdaterHook(ParamSchedulerHook):
     """The lr schedules (``get_lr(runner, base_lr)``); warm-up multiplies the lr by the factor."""
 
-    priority = 10
+    default_priority = 10
     config_key = 'lr_config'
     initial_key = 'initial_lr'
 

@@ -20,7 +20,7 @@ def has_momentum(group: dict) -> bool:
 class MomentumUpdaterHook(ParamSchedulerHook):
     """The momentum schedules (``get_momentum(runner, base_momentum)``)."""
 
-    priority = 30
+    default_priority = 30
     config_key = 'momentum_config'
     initial_key = 'initial_momentum'
 

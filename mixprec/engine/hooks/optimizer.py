@@ -1,18 +1,46 @@
 """OptimizerHook and GradientCumulativeOptimizerHook: backward and optimizer step for fp32 training."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
+import torch
 from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
+from mixprec.fp16.norm_stats import has_batch_norm
 from mixprec.registry import HOOKS, ConfigError
 from .hook import Hook
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite losses for too many consecutive iterations."""
+
+
+def params_outside_graph(loss: torch.Tensor, model: nn.Module) -> list[tuple[str, torch.Size]]:
+    """(name, shape) of the parameters of ``model`` that require grad but that ``loss`` does not
+    depend on (unused in the forward pass, or used only for outputs that are not in the loss)."""
+    in_graph, seen, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, 'variable', None)
+        if variable is not None:
+            in_graph.add(id(variable))
+        stack.extend(parent for parent, _ in fn.next_functions)
+    return [(n, p.shape) for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_graph]
+
+
+def nonfinite_terms(outputs: dict) -> list[str]:
+    """Names of the non-finite loss terms in ``outputs['log_vars']``; without log_vars (an mmcv 1.x
+    ``train_step`` may return only ``loss`` and ``num_samples``), ['loss'] when the loss itself is."""
+    log_vars = outputs.get('log_vars')
+    if log_vars is None:
+        return [] if bool(torch.isfinite(outputs['loss'].detach()).all()) else ['loss']
+    return [k for k, v in log_vars.items() if not math.isfinite(v)]
 
 
 @HOOKS.register_module()
@@ -24,13 +52,18 @@ class OptimizerHook(Hook):
 
     Args:
         grad_clip: ``dict(max_norm=..., norm_type=2)`` or None.
+        detect_anomalous_params: before each backward, log (level ERROR) every parameter that
+            requires grad but is not in the loss's graph, one line each (mmcv 1.x's debugging
+            option; it walks the whole autograd graph, so it slows training).
         max_nonfinite_iters: consecutive non-finite iterations tolerated before stopping.
     """
 
-    priority = 40
+    default_priority = 40
 
-    def __init__(self, grad_clip: Optional[dict] = None, max_nonfinite_iters: int = 5) -> None:
+    def __init__(self, grad_clip: Optional[dict] = None, detect_anomalous_params: bool = False,
+                 max_nonfinite_iters: int = 5) -> None:
         self.grad_clip = grad_clip
+        self.detect_anomalous_params = detect_anomalous_params
         self.max_nonfinite_iters = max_nonfinite_iters
         self.nonfinite_streak = 0
 
@@ -42,14 +75,21 @@ class OptimizerHook(Hook):
 
     def after_train_iter(self, runner) -> None:
         loss = runner.outputs['loss']
-        bad_terms = [k for k, v in runner.outputs['log_vars'].items() if not math.isfinite(v)]
+        bad_terms = nonfinite_terms(runner.outputs)
         if bad_terms:
             self._skip(runner, bad_terms)
             return
         self.nonfinite_streak = 0
         runner.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self._backward(runner, loss)
         self._step(runner)
+
+    def _backward(self, runner, loss: torch.Tensor) -> None:
+        if self.detect_anomalous_params:
+            for name, shape in params_outside_graph(loss, runner.model):
+                runner.logger.log(level=logging.ERROR,
+                                  msg=f'{name} with shape {tuple(shape)} is not in the computational graph')
+        loss.backward()
 
     def _step(self, runner) -> None:
         """Clip (when configured, logging ``grad_norm``) and step the optimizer."""
@@ -57,7 +97,7 @@ class OptimizerHook(Hook):
             params = [p for g in runner.optimizer.param_groups for p in g['params'] if p.grad is not None]
             if params:
                 grad_norm = clip_grad_norm_(params, **self.grad_clip)
-                runner.log_buffer.update({'grad_norm': float(grad_norm)}, runner.outputs['num_samples'])
+                runner.log_buffer.update({'grad_norm': float(grad_norm)}, runner.outputs.get('num_samples', 1))
         runner.optimizer.step()
 
     def _skip(self, runner, bad_terms: list[str]) -> None:
@@ -84,7 +124,7 @@ class GradientCumulativeOptimizerHook(OptimizerHook):
 
     Args:
         cumulative_iters: iterations per optimizer step.
-        grad_clip, max_nonfinite_iters: as :class:`OptimizerHook`.
+        grad_clip, detect_anomalous_params, max_nonfinite_iters: as :class:`OptimizerHook`.
     """
 
     def __init__(self, cumulative_iters: int = 1, **kwargs) -> None:
@@ -103,6 +143,12 @@ class GradientCumulativeOptimizerHook(OptimizerHook):
                                              for m in runner.model.modules()):
             runner.logger.warning('GradientCumulativeOptimizerHook: the model has BatchNorm layers; their '
                                   'batch statistics still see one iteration\'s batch, not the window')
+
+    @staticmethod
+    def has_batch_norm(module: nn.Module) -> bool:
+        """Whether ``module`` holds a BatchNorm layer (mmcv 1.x's method; the warning in
+        :meth:`before_run` counts only those in training mode)."""
+        return has_batch_norm(module)
 
     def _window(self, runner) -> tuple[int, bool, bool]:
         """(loss divisor, first iteration of the window, last iteration of the window)."""
@@ -125,12 +171,12 @@ class GradientCumulativeOptimizerHook(OptimizerHook):
         if first:
             runner.optimizer.zero_grad(set_to_none=True)
             self._window_ok = True
-        bad_terms = [k for k, v in runner.outputs['log_vars'].items() if not math.isfinite(v)]
+        bad_terms = nonfinite_terms(runner.outputs)
         if bad_terms:
             self._window_ok = False
             self._skip(runner, bad_terms)
         else:
             self.nonfinite_streak = 0
-            (runner.outputs['loss'] / divisor).backward()
+            self._backward(runner, runner.outputs['loss'] / divisor)
         if last and self._window_ok:
             self._step(runner)

@@ -7,7 +7,7 @@ from .hook import Hook
 
 @HOOKS.register_module()
 class DistSamplerSeedHook(Hook):
-    priority = 0
+    default_priority = 0
 
     def before_train_epoch(self, runner) -> None:
         loader = runner.data_loader
