@@ -162,17 +162,16 @@ class MasterParams:
                 if not torch.equal(live, master.to(live.dtype))]
 
     def fp32_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """``module.state_dict()`` keys with fp32 values: masters for parameters, buffers upcast."""
+        """``module.state_dict()`` keys with fp32 values, copied to the CPU (for checkpoints):
+        masters for parameters, buffers upcast."""
         self.sync_from_model(compare_all=True)
         out = {}
         for key, value in module.state_dict(keep_vars=True).items():
             master = self._master_of.get(id(value))
             if master is not None:
-                out[key] = master.detach().clone()
-            elif value.is_floating_point():
-                out[key] = value.detach().float().clone()
-            else:
-                out[key] = value.detach().clone()
+                value = master
+            dtype = torch.float32 if value.is_floating_point() else value.dtype
+            out[key] = value.detach().to('cpu', dtype, copy=True)
         return out
 
 
