@@ -1,6 +1,6 @@
 """Training engine: runner, hooks, checkpoints, logging, distributed helpers, test loops."""
-from .dist_utils import (all_gather_object, barrier, broadcast_object, close_dist, collect_results, get_dist_info,
-                         init_dist, is_dist)
+from .dist_utils import (RankFailedError, all_gather_object, barrier, broadcast_object, close_dist, collect_results,
+                         get_dist_info, init_dist, is_dist)
 from .hooks import *  # noqa: F401,F403  (the hook classes, registered in HOOKS)
 from .log_buffer import LogBuffer
 from .logger import get_logger
