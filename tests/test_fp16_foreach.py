@@ -15,7 +15,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from mixprec.engine.hooks.ema import ExpMomentumEMAHook
 from mixprec.fp16 import Fp16OptimizerHook

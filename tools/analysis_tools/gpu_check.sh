@@ -44,13 +44,14 @@ OUT=${OUT:-$ROOT/work_dirs/gpu_check/$(date +%Y%m%d_%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-# the modules of mixprec's dependencies that this Python cannot import (a space-separated list)
+# the modules of mixprec's dependencies that this Python lacks (a space-separated list): the image's own
+# large ones looked up, the others imported
 missing() {
   "$PYTHON" - <<'EOF'
 import importlib
-names = []
-for module in ('torch', 'torchvision', 'numpy', 'cv2', 'mmengine', 'mmcv', 'pycocotools.coco', 'yapf', 'addict',
-               'termcolor'):
+import importlib.util
+names = [m for m in ('torch', 'torchvision', 'numpy', 'cv2') if importlib.util.find_spec(m) is None]
+for module in ('mmengine', 'mmcv', 'pycocotools.coco', 'yapf', 'addict', 'termcolor'):
     try:
         importlib.import_module(module)
     except Exception:
