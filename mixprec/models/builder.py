@@ -52,9 +52,9 @@ def place_model(model: nn.Module, device: Union[str, torch.device]) -> nn.Module
     is about precision alone (the fp16 hook's master mode stores the weights channels_last anyway):
 
     - CPU: channels_last, as oneDNN's convolutions work in that layout: the whole network then runs
-      and returns it without a layout conversion per call. A frozen
-      BatchNorm whose gamma trains is folded into its convolution in fp32, not in half precision
-      (numerics; ``backbones.layers.folds_with_trainable_gamma``): the one difference left there.
+      and returns it without a layout conversion per call. A frozen BatchNorm whose gamma trains is
+      folded into its convolution in fp32, not in half precision (numerics; see
+      ``backbones.layers.folds_with_trainable_gamma``): the one difference left there.
     - CUDA (and other devices): channels_last, as cuDNN's tensor-core convolutions (fp16, bf16 and
       TF32) work in NHWC; such a norm is not folded in any precision, as mmdetection runs it.
     """

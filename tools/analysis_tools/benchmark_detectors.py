@@ -648,6 +648,14 @@ def profile_steps(step, iters: int, rows: int, device: torch.device) -> str:
 SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize')
 
 
+def source_name(path: str) -> str:
+    """``path`` relative to this repository, or to its ``site-packages`` folder (``torch/...``)."""
+    path = os.path.abspath(path)
+    if path.startswith(ROOT + os.sep):
+        return os.path.relpath(path, ROOT)
+    return path.split('site-packages' + os.sep)[-1]
+
+
 def count_syncs(step, device: torch.device, sites: int = 8) -> dict:
     """The host-device synchronisations of one ``step()``: ``waits``, the CUDA runtime calls in which
     the host waits for the device (profiler), ``dtoh_copies``, the device-to-host copies, and
@@ -676,8 +684,7 @@ def count_syncs(step, device: torch.device, sites: int = 8) -> dict:
             step()
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    flagged = Counter(f'{os.path.relpath(w.filename, ROOT)}:{w.lineno}' for w in caught
-                      if 'synchroniz' in str(w.message))
+    flagged = Counter(f'{source_name(w.filename)}:{w.lineno}' for w in caught if 'synchroniz' in str(w.message))
     result.update(flagged=sum(flagged.values()), sites=flagged.most_common(sites))
     return result
 

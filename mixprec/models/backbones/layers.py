@@ -178,7 +178,8 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     would then come from the half weight gradient as sum(grad * c) - mean * sum(grad), two large
     terms that cancel, where BatchNorm's backward centres c first (so bf16 training folds only the
     frozen stages and frozen-affine norms; fp32 training on the CPU and all inference fold every
-    frozen norm; on CUDA fp32 training folds as half does: :func:`folds_with_trainable_gamma`).
+    frozen norm; fp32 training on CUDA folds only what half precision folds:
+    :func:`folds_with_trainable_gamma`).
     """
     if not _folds(norm) or _runs_as_module(conv):
         return norm(run_conv(conv, x))
