@@ -119,11 +119,33 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def tensors_to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside its dicts, lists and tuples on the CPU (others as they are).
+
+    A checkpoint written from a GPU run otherwise keeps the tensors that hooks put there on their
+    device (the fp16 hook's masters, the optimizer's momentum): ``torch.load`` without
+    ``map_location`` then fails on a machine without that device.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device.type == 'cpu' else obj.detach().cpu()
+    if isinstance(obj, dict):
+        items = [(k, tensors_to_cpu(v)) for k, v in obj.items()]
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if isinstance(obj, list):
+        return [tensors_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        values = [tensors_to_cpu(v) for v in obj]
+        return type(obj)(*values) if hasattr(obj, '_fields') else tuple(values)
+    return obj
+
+
 def save_file(obj: Any, filename: str) -> None:
     """Write ``obj`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename.
 
-    A failure (a full disk, an interruption) leaves any previous ``filename`` untouched.
+    Every tensor is saved from the CPU (:func:`tensors_to_cpu`), so the file loads anywhere. A
+    failure (a full disk, an interruption) leaves any previous ``filename`` untouched.
     """
+    obj = tensors_to_cpu(obj)
     folder = os.path.dirname(os.path.abspath(filename))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(filename)}.', suffix='.tmp', dir=folder)

@@ -21,9 +21,10 @@ def _input_errors() -> tuple:
 
 
 def _runtime_errors() -> tuple:
+    from .engine import RankFailedError
     from .engine.hooks import NonFiniteLossError
     from .fp16 import LossScaleCollapseError
-    return (NonFiniteLossError, LossScaleCollapseError)
+    return (NonFiniteLossError, LossScaleCollapseError, RankFailedError)
 
 
 def run_cli(main: Callable[[], None]) -> None:

@@ -1,5 +1,5 @@
-"""tools/analysis_tools/benchmark.py: inference fps and fp32-vs-mixed training on a tiny shapes Faster R-CNN,
-and gpu_check.sh's behaviour without CUDA."""
+"""tools/analysis_tools/benchmark.py: inference fps and fp32-vs-mixed training on a tiny shapes Faster R-CNN
+(gpu_check.sh is tested in test_tools_gpu_check.py)."""
 import importlib.util
 import os
 import re
@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from helpers.cpu import native_bf16
 from mixprec.config import load_config
@@ -16,7 +15,6 @@ from mixprec.fp16.precision import describe_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, 'tools/analysis_tools/benchmark.py')
-GPU_CHECK = os.path.join(ROOT, 'tools/analysis_tools/gpu_check.sh')
 BASES = [os.path.join(ROOT, 'configs/_base_', p) for p in
          ('models/faster_rcnn_r50_fpn.py', 'datasets/shapes_instance.py', 'schedules/schedule_1x.py',
           'default_runtime.py')]
@@ -157,16 +155,3 @@ def test_peak_rss_can_be_reset():
     before, grown, after = map(float, out)
     assert grown >= before + 60
     assert after < before + 60
-
-
-# ---------------------------------------------------------------- gpu_check.sh
-def test_gpu_check_syntax():
-    assert subprocess.run(['bash', '-n', GPU_CHECK]).returncode == 0
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the no-CUDA path')
-def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
-    proc = subprocess.run(['bash', GPU_CHECK], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert 'CUDA is not available' in proc.stdout and 'nothing was measured' in proc.stdout
-    assert list(tmp_path.iterdir()) == []

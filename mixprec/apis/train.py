@@ -207,6 +207,9 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
 
     runner = Runner(model, optimizer, work_dir=cfg.work_dir, logger=logger, meta=meta, timestamp=timestamp,
                     **_max_length(cfg))
+    # the runner owns the model from here: the fp16 hook may replace a DDP wrapper (rebuild_ddp), and
+    # a reference kept here would hold the first wrapper's gradient buckets for the whole run
+    del model
     with config_section(path, 'lr_config/optimizer_config/fp16/checkpoint_config/log_config/custom_hooks'):
         runner.register_training_hooks(cfg.get('lr_config'), _optimizer_hook_cfg(cfg, distributed),
                                        cfg.get('checkpoint_config'), cfg.get('log_config'), cfg.get('custom_hooks'),

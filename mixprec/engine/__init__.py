@@ -4,8 +4,8 @@ With the mixed-precision names of :mod:`mixprec.fp16`, this namespace holds thos
 ``mmcv.runner`` that mixprec implements (see the README's "Compatibility with mmcv 1.x")."""
 from mixprec.fp16 import (Fp16OptimizerHook, GradientCumulativeFp16OptimizerHook, LossScaler, auto_fp16,  # noqa: F401
                           force_fp32, wrap_fp16_model)
-from .dist_utils import (all_gather_object, barrier, broadcast_object, close_dist, collect_results, get_dist_info,
-                         init_dist, is_dist)
+from .dist_utils import (RankFailedError, all_gather_object, barrier, broadcast_object, close_dist, collect_results,
+                         get_dist_info, init_dist, is_dist)
 from .hooks import *  # noqa: F401,F403  (the hook classes, registered in HOOKS)
 from .log_buffer import LogBuffer
 from .logger import get_logger

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -91,6 +91,35 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+class RankFailedError(RuntimeError):
+    """Raised on the ranks that did not fail when another rank failed in a step they share."""
+
+
+def raise_if_any_rank_failed(error: Optional[BaseException], what: str) -> None:
+    """Every rank calls this after ``what`` with the exception it caught there (or None); when any
+    rank failed, every rank raises at once: its own exception where it failed, elsewhere a
+    :class:`RankFailedError` naming the first failing rank and its error.
+
+    Without it a rank that raises between two collectives leaves the others waiting in the next
+    one until the process group times out (30 minutes). One all_gather_object of a short string.
+    """
+    if not is_dist():
+        if error is not None:
+            raise error
+        return
+    line = None
+    if error is not None:
+        text = str(error).strip().splitlines()
+        line = f'{type(error).__name__}: {text[0] if text else ""}'.rstrip(': ')
+    failures = [(rank, msg) for rank, msg in enumerate(all_gather_object(line)) if msg is not None]
+    if error is not None:
+        raise error
+    if failures:
+        rank, msg = failures[0]
+        more = f' (also ranks {[r for r, _ in failures[1:]]})' if len(failures) > 1 else ''
+        raise RankFailedError(f'rank {rank} failed in {what}: {msg}{more}')
 
 
 def collect_results(part: list, size: int) -> list | None:

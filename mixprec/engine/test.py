@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .dist_utils import barrier, collect_results, get_dist_info
+from .dist_utils import barrier, collect_results, get_dist_info, raise_if_any_rank_failed
 from .runner import move_to_device
 
 
@@ -85,11 +85,19 @@ def multi_gpu_test(model: nn.Module, data_loader, tmpdir: Optional[str] = None, 
                    progress: bool = True) -> Optional[list]:
     """Each rank runs its shard; rank 0 returns all results in dataset order, others None.
 
-    Results are gathered through the process group (mmdetection v2's ``gpu_collect``; NCCL on GPUs,
-    gloo on the CPU), or through files in ``tmpdir`` when it is given and ``gpu_collect`` is not.
+    Results are gathered through the process group, or through files in ``tmpdir`` (a folder every
+    rank sees) when it is given and ``gpu_collect`` is not, as mmdetection v2 chooses. The process
+    group is mmdetection's ``gpu_collect`` on NCCL (through the GPUs) and the same call on gloo
+    (through the CPU): one pickled list per rank either way, so nothing falls back. A rank that fails
+    on its shard ends every rank with its error before the gathering (no rank waits for it).
     """
     rank, _ = get_dist_info()
-    part = _run(model, data_loader, progress and rank == 0)
+    part, error = None, None
+    try:
+        part = _run(model, data_loader, progress and rank == 0)
+    except Exception as exc:  # every rank learns of it below, then raises
+        error = exc
+    raise_if_any_rank_failed(error, 'testing its shard')
     if tmpdir is not None and not gpu_collect:
         return collect_results_in_dir(part, len(data_loader.dataset), tmpdir)
     return collect_results(part, len(data_loader.dataset))

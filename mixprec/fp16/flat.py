@@ -56,6 +56,26 @@ def flat_views(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[tor
     return flat, views
 
 
+def homogeneous_groups(*lists: Sequence[torch.Tensor]) -> list[tuple[list[torch.Tensor], ...]]:
+    """Split parallel tensor lists into groups in each of which every list's tensors share one device
+    and one dtype (the i-th tensors of all lists stay together, order kept within a group).
+
+    For ``torch._foreach_*``: CUDA's multi-tensor kernels are chosen from the first tensor of a
+    list, and in a range of releases ``_foreach_copy_`` took its fast path for destinations of
+    mixed dtypes (fixed upstream in PyTorch PR 173531), writing e.g. halves into fp32 storage.
+    Compute the groups once where the lists do not change, and make one call per group.
+    """
+    groups: dict[tuple, tuple[list[torch.Tensor], ...]] = {}
+    for items in zip(*lists):
+        key = tuple((t.device, t.dtype) for t in items)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = tuple([] for _ in lists)
+        for members, t in zip(group, items):
+            members.append(t)
+    return list(groups.values())
+
+
 def all_attached(tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> bool:
     """Whether ``tensors[i].grad is grads[i]`` for all i (iterated in C, no Python loop body)."""
     return all(map(is_, map(_GRAD, tensors), grads))

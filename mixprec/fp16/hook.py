@@ -328,11 +328,13 @@ class Fp16OptimizerHook(HookBase):
         return float(self.grad_clip.get('norm_type', 2)) if self.grad_clip is not None else 2.
 
     def _total_norm(self) -> torch.Tensor:
-        """Norm of all fp32 grads together (one kernel per flat buffer); inf/NaN if any is."""
+        """Norm of all grads together (one kernel per flat buffer, each of one dtype, accumulated
+        in fp32); inf/NaN if any is."""
         grads, norm_type = self._grad_tensors, self._norm_type()
         if len(grads) == 1:
             return torch.linalg.vector_norm(grads[0], norm_type)
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, norm_type)), norm_type)
+        norms = [torch.linalg.vector_norm(g, norm_type, dtype=torch.float32) for g in grads]
+        return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
     def _unscale_and_check(self, scale: float) -> Optional[torch.Tensor]:
         """Unscale the fp32 grads and set the local overflow flag, in one pass over them.
@@ -348,8 +350,9 @@ class Fp16OptimizerHook(HookBase):
             norm = self._total_norm()
             found_inf.copy_(~torch.isfinite(norm))
             return norm
-        torch._amp_foreach_non_finite_check_and_unscale_(
-            self._grad_tensors, found_inf, self._inv_scale.fill_(1.0 / scale))
+        inv_scale = self._inv_scale.fill_(1.0 / scale)
+        for flat in self._grad_tensors:  # one dtype each: multi-tensor kernels get homogeneous lists
+            torch._amp_foreach_non_finite_check_and_unscale_([flat], found_inf, inv_scale)
         return None
 
     def _agree_on_overflow(self, ddp: bool) -> bool:
@@ -375,7 +378,8 @@ class Fp16OptimizerHook(HookBase):
         total = self._total_norm() if norm is None else norm
         coef = float(self.grad_clip['max_norm']) / (total + 1e-6)
         if float(coef) < 1.0:
-            torch._foreach_mul_(self._grad_tensors, coef)
+            for flat in self._grad_tensors:
+                flat.mul_(coef)
         return float(total)
 
     def _warn_overflow(self, runner, scale: float, norm: Optional[torch.Tensor], loss: torch.Tensor) -> None:

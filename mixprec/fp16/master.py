@@ -7,9 +7,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .flat import all_attached, flat_views
+from .flat import all_attached, flat_views, homogeneous_groups
 
 _VERSION = attrgetter('_version')
+_KIND = attrgetter('dtype', 'device')
 
 
 class MasterParams:
@@ -54,7 +55,8 @@ class MasterParams:
             self.flat, views = flat_views(self.model_params, torch.float32)
             self.grad_flat, self.grad_views = flat_views(self.model_params, torch.float32)
             with torch.no_grad():
-                torch._foreach_copy_(views, [p.detach() for p in self.model_params])
+                for dst, src in homogeneous_groups(views, [p.detach() for p in self.model_params]):
+                    torch._foreach_copy_(dst, src)
             self.params = [nn.Parameter(v) for v in views]
             for master, grad in zip(self.params, self.grad_views):
                 master.grad = grad
@@ -65,6 +67,8 @@ class MasterParams:
                                       for p in frozen]
         self._master_of = {id(p): m for p, m in zip(self._live, self._copies)}
         self._versions: list[int] = []
+        self._copy_kinds: list[tuple] = []
+        self._copy_groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         self._swap_into(optimizer)
         load_hook = _LoadHook(self)
         self._hooks = [m.register_load_state_dict_pre_hook(load_hook)
@@ -138,23 +142,36 @@ class MasterParams:
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
-        """Write the masters back into the model's (half and fp32) parameters."""
+        """Write the masters back into the model's (half and fp32) parameters: one
+        ``_foreach_copy_`` per destination dtype and device (see :func:`homogeneous_groups`). The
+        groups are rebuilt only when a parameter's dtype or device changed (a C-level comparison)."""
         if self.params:
-            torch._foreach_copy_(self.model_params, self.params)
+            kinds = list(map(_KIND, self.model_params))
+            if kinds != self._copy_kinds:
+                self._copy_groups = homogeneous_groups(self.model_params, self.params)
+                self._copy_kinds = kinds
+            for dst, src in self._copy_groups:
+                torch._foreach_copy_(dst, src)
         self.record_versions()
 
+    @torch.no_grad()
+    def mismatches(self) -> list[str]:
+        """Names of the trainable model parameters that differ from their master cast to their own
+        dtype; empty after :meth:`copy_to_model` (a check for tests and the GPU check, not the hot path)."""
+        return [name for name, live, master in zip(self.names, self.model_params, self.params)
+                if not torch.equal(live, master.to(live.dtype))]
+
     def fp32_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """``module.state_dict()`` keys with fp32 values: masters for parameters, buffers upcast."""
+        """``module.state_dict()`` keys with fp32 values, copied to the CPU (for checkpoints):
+        masters for parameters, buffers upcast."""
         self.sync_from_model(compare_all=True)
         out = {}
         for key, value in module.state_dict(keep_vars=True).items():
             master = self._master_of.get(id(value))
             if master is not None:
-                out[key] = master.detach().clone()
-            elif value.is_floating_point():
-                out[key] = value.detach().float().clone()
-            else:
-                out[key] = value.detach().clone()
+                value = master
+            dtype = torch.float32 if value.is_floating_point() else value.dtype
+            out[key] = value.detach().to('cpu', dtype, copy=True)
         return out
 
 

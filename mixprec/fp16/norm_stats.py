@@ -7,6 +7,8 @@ from operator import attrgetter
 import torch
 from torch import nn
 
+from .flat import homogeneous_groups
+
 _TRAINING = attrgetter('training')
 _STAT_NAMES = ('running_mean', 'running_var', 'num_batches_tracked')
 
@@ -17,7 +19,8 @@ class RunningStatsGuard:
     Layers: every BatchNorm / InstanceNorm with ``track_running_stats``. Which of them are in
     training mode is read once per snapshot (a C-level pass over their ``training`` flags); the
     buffer lists are rebuilt only when that pattern changes. Snapshot and restore are one
-    ``torch._foreach_copy_`` each; a model whose norm layers are all in eval mode (``norm_eval``)
+    ``torch._foreach_copy_`` per buffer dtype and device (float statistics, int64 counters: see
+    :func:`~.flat.homogeneous_groups`); a model whose norm layers are all in eval mode (``norm_eval``)
     costs nothing.
     """
 
@@ -26,7 +29,7 @@ class RunningStatsGuard:
                       if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
         self._pattern: list[bool] = []
         self._live: list[torch.Tensor] = []
-        self._saved: list[torch.Tensor] = []
+        self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         self._valid = False
 
     def snapshot(self) -> None:
@@ -35,17 +38,18 @@ class RunningStatsGuard:
             self._pattern = pattern
             self._live = [m._buffers[name] for m, on in zip(self.norms, pattern) if on
                           for name in _STAT_NAMES if m._buffers.get(name) is not None]
-            self._saved = [t.clone() for t in self._live]
-        elif self._live:
-            torch._foreach_copy_(self._saved, self._live)
+            self._groups = homogeneous_groups([t.clone() for t in self._live], self._live)
+        else:
+            for saved, live in self._groups:
+                torch._foreach_copy_(saved, live)
         self._valid = True
 
     def restore(self) -> bool:
         """Put the snapshot back (once); False when there was none to restore."""
         if not self._valid:
             return False
-        if self._live:
-            torch._foreach_copy_(self._live, self._saved)
+        for saved, live in self._groups:
+            torch._foreach_copy_(live, saved)
         self._valid = False
         return True
 

@@ -46,14 +46,18 @@ def build_detector(cfg: dict, train_cfg: Optional[dict] = None, test_cfg: Option
 
 
 def place_model(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:
-    """``model.to(device)``; on the CPU the convolution weights are also stored channels_last.
+    """``model.to(device)`` with the convolution weights stored channels_last, on every device.
 
-    oneDNN's CPU convolutions work in channels_last: with channels_last weights the whole network
-    runs and returns that layout, without a layout conversion per call (fp32 ResNet-50 forward +
-    backward at 512 x 512, batch 2, one thread: 2.58 s against 2.97 s with contiguous weights).
-    Half-precision master mode stores them so on every device.
+    Decided per device, the same for fp32 and mixed precision there, so that a comparison of the two
+    is about precision alone (the fp16 hook's master mode stores the weights channels_last anyway):
+
+    - CPU: channels_last, as oneDNN's convolutions work in that layout: the whole network then runs
+      and returns it without a layout conversion per call. A frozen BatchNorm whose gamma trains is
+      folded into its convolution in fp32, not in half precision (numerics; see
+      ``backbones.layers.folds_with_trainable_gamma``): the one difference left there.
+    - CUDA (and other devices): channels_last, as cuDNN's tensor-core convolutions (fp16, bf16 and
+      TF32) work in NHWC; such a norm is not folded in any precision, as mmdetection runs it.
     """
     model = model.to(device)
-    if torch.device(device).type == 'cpu':
-        convs_to_channels_last(model)
+    convs_to_channels_last(model)
     return model

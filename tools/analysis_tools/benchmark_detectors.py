@@ -4,7 +4,7 @@
         [--size H W] [--batch 2] [--iters 5] [--warmup 2] [--threads N] [--impls ours torchvision [mmdet]]
         [--mmdet-python PYTHON]
         [--modes fp32 master autocast] [--dtype bfloat16|float16] [--depth 50] [--width 256]
-        [--predict] [--profile N] [--json-out FILE]
+        [--predict] [--profile N] [--count-syncs] [--json-out FILE]
 
 For each detector and each configuration, in a fresh subprocess (so peak memories do not mix):
 
@@ -62,7 +62,8 @@ torchvision's under ``torch.autocast``. Untrained detectors score near the prior
 survivors are what NMS keeps of near-ties: the cost of the post-processing is the real one.
 
 ``--profile N`` also runs N iterations under ``torch.profiler`` in every configuration and prints the
-ops with the largest self CPU time. ``--depth`` / ``--width`` shrink both implementations alike
+ops with the largest self CPU time. ``--count-syncs`` counts the host-device synchronisations of one
+more iteration on CUDA (:func:`count_syncs`; in the JSON as ``syncs``). ``--depth`` / ``--width`` shrink both implementations alike
 (ResNet depth; FPN and head channels) for quick runs.
 """
 from __future__ import annotations
@@ -77,6 +78,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from types import SimpleNamespace
 from typing import Optional, Sequence
@@ -154,6 +156,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='profile N more iterations per configuration and print the top ops')
     parser.add_argument('--profile-rows', type=int, default=30, help='rows of the profile tables')
+    parser.add_argument('--count-syncs', action='store_true',
+                        help='count the host-device synchronisations of one more iteration (CUDA)')
     parser.add_argument('--json-out', help='write every result (one JSON object a line) to this file')
     parser.add_argument('--run', help=argparse.SUPPRESS)  # MODEL:IMPL:MODE, one configuration, in-process
     return parser.parse_args(argv)
@@ -331,6 +335,8 @@ def ours_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: t
     data = ours_inputs(batch)
 
     def step() -> float:
+        """One iteration; returns the loss (``step.runner.log_buffer.last``: every logged term, and
+        ``step.hook``: the optimizer hook, for checks of its state)."""
         set_lr(optimizer, runner.iter)
         hook.before_train_iter(runner)  # the Runner's order: before_train_iter hooks, forward, after_train_iter
         inputs = dict(data, img_metas=[dict(m) for m in data['img_metas']])
@@ -344,6 +350,7 @@ def ours_step_fn(args: argparse.Namespace, model_name: str, mode: str, device: t
         runner.iter += 1
         return log_vars['loss']
 
+    step.runner, step.hook = runner, hook
     return step, model
 
 
@@ -620,6 +627,11 @@ def run_configuration(args: argparse.Namespace, model_name: str, impl: str, mode
     result['detections_per_image' if args.predict else 'losses'] = losses
     if args.profile:
         result['profile'] = profile_steps(step, args.profile, args.profile_rows, device)
+    if args.count_syncs:
+        try:  # an add-on: its failure leaves the timings
+            result['syncs'] = count_syncs(step, device)
+        except Exception as error:
+            result['syncs'] = dict(error=f'{type(error).__name__}: {error}'.splitlines()[0])
     return result
 
 
@@ -632,6 +644,50 @@ def profile_steps(step, iters: int, rows: int, device: torch.device) -> str:
         synchronize(device)
     sort = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
     return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+
+
+SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize')
+
+
+def source_name(path: str) -> str:
+    """``path`` relative to this repository, or to its ``site-packages`` folder (``torch/...``)."""
+    path = os.path.abspath(path)
+    if path.startswith(ROOT + os.sep):
+        return os.path.relpath(path, ROOT)
+    return path.split('site-packages' + os.sep)[-1]
+
+
+def count_syncs(step, device: torch.device, sites: int = 8) -> dict:
+    """The host-device synchronisations of one ``step()``: ``waits``, the CUDA runtime calls in which
+    the host waits for the device (profiler), ``dtoh_copies``, the device-to-host copies, and
+    ``sites``, the source lines of another ``step()`` that ``torch.cuda.set_sync_debug_mode`` flags,
+    most frequent first (``flagged``: their count). Each one stalls the host until the device has
+    caught up, which half precision cannot shorten. On the CPU (no device to wait for) all are zero."""
+    from collections import Counter
+    from torch.profiler import ProfilerActivity, profile, record_function
+    cuda = device.type == 'cuda'
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        with record_function('count_syncs.step'):
+            step()
+    events = prof.events()
+    window = next(e.time_range for e in events if e.name == 'count_syncs.step')
+    inside = [e for e in events if window.start <= e.time_range.start <= window.end]
+    result = dict(waits=sum(e.name in SYNC_CALLS for e in inside),
+                  dtoh_copies=sum('Memcpy DtoH' in e.name for e in events), flagged=0, sites=[])
+    if not cuda:
+        return result
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    flagged = Counter(f'{source_name(w.filename)}:{w.lineno}' for w in caught if 'synchroniz' in str(w.message))
+    result.update(flagged=sum(flagged.values()), sites=flagged.most_common(sites))
+    return result
 
 
 def mode_label(mode: str, dtype: torch.dtype) -> str:
@@ -647,7 +703,7 @@ def child_command(args: argparse.Namespace, config: tuple[str, str, str], thread
                '--size', *map(str, args.size), '--batch', str(args.batch), '--num-gt', str(args.num_gt),
                '--iters', str(args.iters), '--warmup', str(args.warmup), '--threads', str(threads),
                '--depth', str(args.depth), '--width', str(args.width), '--profile', str(args.profile),
-               '--profile-rows', str(args.profile_rows)]
+               '--profile-rows', str(args.profile_rows)] + (['--count-syncs'] if args.count_syncs else [])
     return command + (['--dtype', args.dtype] if args.dtype else []) + (['--predict'] if args.predict else [])
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from mixprec.checkpoint import link_or_copy
 from mixprec.registry import HOOKS
+from ..dist_utils import broadcast_object, raise_if_any_rank_failed
 from ..rng import preserved_rng_state
 from .hook import Hook
 
@@ -24,13 +25,18 @@ class EvalHook(Hook):
         save_best: a metric key (e.g. ``'bbox_mAP'``) or ``'auto'`` (the first returned key);
             the best checkpoint is kept as ``best_{key}_epoch_{n}.pth``.
         rule: ``'greater'`` or ``'less'`` (default ``'greater'``, ``'less'`` for keys with "loss").
+        tmpdir, gpu_collect: how :class:`DistEvalHook` gathers the ranks' results (mmdetection v2's
+            keys); accepted here too, without effect in one process, so that one config serves both.
         **eval_kwargs: passed to ``dataset.evaluate`` (``metric=...``).
+
+    A failure while testing or evaluating, on any rank, ends every rank at once with that error.
     """
 
     default_priority = 70
 
     def __init__(self, dataloader, start: Optional[int] = None, interval: int = 1, by_epoch: bool = True,
-                 save_best: Optional[str] = None, rule: Optional[str] = None, **eval_kwargs) -> None:
+                 save_best: Optional[str] = None, rule: Optional[str] = None, tmpdir: Optional[str] = None,
+                 gpu_collect: bool = False, **eval_kwargs) -> None:
         if rule not in (None, 'greater', 'less'):
             raise ValueError(f'evaluation.rule must be "greater" or "less", got {rule!r}')
         self.dataloader = dataloader
@@ -39,6 +45,8 @@ class EvalHook(Hook):
         self.by_epoch = by_epoch
         self.save_best = save_best
         self.rule = rule
+        self.tmpdir = tmpdir
+        self.gpu_collect = gpu_collect
         self.eval_kwargs = eval_kwargs
         self.best_score: Optional[float] = None
         self.best_ckpt: Optional[str] = None
@@ -63,19 +71,28 @@ class EvalHook(Hook):
         return single_gpu_test(runner.model, self.dataloader)
 
     def evaluate_and_log(self, runner) -> None:
-        with preserved_rng_state():
-            results = self.test(runner)
+        """Test (every rank its shard), evaluate on rank 0, log there; every rank then learns of any
+        rank's failure (and raises) or of the metrics, and keeps the best checkpoint together."""
         metrics: dict = {}
+        error = None
+        try:
+            with preserved_rng_state():
+                results = self.test(runner)
+            if runner.rank == 0:
+                self.latest_results = results
+                metrics = self.dataloader.dataset.evaluate(results, logger=runner.logger, **self.eval_kwargs)
+        except Exception as exc:  # every rank learns of it below, then raises
+            error = exc
+        raise_if_any_rank_failed(error, 'evaluation')
+        metrics = broadcast_object(metrics)
         if runner.rank == 0:
-            self.latest_results = results
-            metrics = self.dataloader.dataset.evaluate(results, logger=runner.logger, **self.eval_kwargs)
             self.last_metrics = dict(metrics)
             runner.log_val(metrics)
-            if self.save_best:
-                self._keep_best(runner, metrics)
-        runner.barrier()
+        if self.save_best:
+            self._keep_best(runner, metrics)
 
     def _keep_best(self, runner, metrics: dict) -> None:
+        """On every rank (a new best may need a checkpoint save, which all ranks join); files on rank 0."""
         key = next(iter(metrics)) if self.save_best == 'auto' else self.save_best
         if key not in metrics:
             raise KeyError(f'evaluation.save_best={key!r} is not among the metrics: {", ".join(metrics)}')
@@ -89,14 +106,15 @@ class EvalHook(Hook):
         name = f'best_{key}_{progress}.pth'
         source = os.path.join(runner.work_dir, f'{progress}.pth')
         target = os.path.join(runner.work_dir, name)
-        if os.path.exists(source):
-            link_or_copy(source, target)
-        else:
+        if not broadcast_object(os.path.exists(source)):
             runner.save_checkpoint(runner.work_dir, name, save_optimizer=False, update_latest=False)
-        if self.best_ckpt and self.best_ckpt != target and os.path.exists(self.best_ckpt):
+        elif runner.rank == 0:
+            link_or_copy(source, target)
+        if runner.rank == 0 and self.best_ckpt and self.best_ckpt != target and os.path.exists(self.best_ckpt):
             os.remove(self.best_ckpt)
         self.best_ckpt = target
-        runner.logger.info('best %s %.4f at %s, saved %s', key, score, progress, name)
+        if runner.rank == 0:
+            runner.logger.info('best %s %.4f at %s, saved %s', key, score, progress, name)
 
     def state_dict(self) -> dict:
         return {'best_score': self.best_score, 'best_ckpt': self.best_ckpt}
@@ -114,6 +132,11 @@ class DistEvalHook(EvalHook):
     0's BatchNorm running statistics. DDP runs with ``broadcast_buffers=False``, so with trainable BN
     each rank's statistics drift apart, and the shards would be tested by different models (not the
     one the checkpoint saves).
+
+    ``gpu_collect=True`` gathers the results through the process group (NCCL: the GPUs; gloo: the
+    CPU, the same call), ``tmpdir`` without it through files in that shared folder, neither through
+    the process group (mmdetection's default is files under the work dir): see
+    :func:`~mixprec.engine.test.multi_gpu_test`.
     """
 
     def __init__(self, dataloader, *args, broadcast_bn_buffer: bool = True, **kwargs) -> None:
@@ -127,4 +150,4 @@ class DistEvalHook(EvalHook):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
                     torch.distributed.broadcast(module.running_mean, 0)
                     torch.distributed.broadcast(module.running_var, 0)
-        return multi_gpu_test(runner.model, self.dataloader)
+        return multi_gpu_test(runner.model, self.dataloader, tmpdir=self.tmpdir, gpu_collect=self.gpu_collect)

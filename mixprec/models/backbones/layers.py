@@ -148,6 +148,18 @@ def _fold(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     return (weight * _per_channel(scale, weight)).to(dtype)
 
 
+def folds_with_trainable_gamma(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether a frozen-statistics BatchNorm whose gamma trains is folded into its convolution when
+    that runs in ``dtype`` on ``device_type``: only in full precision on the CPU.
+
+    Half precision never folds it (:func:`conv_norm`: gamma's gradient would cancel). On other devices
+    (CUDA) full precision does not fold it either, so that fp32 and mixed-precision runs there compute
+    the same graph, mmdetection's, and their speed and memory ratios are about precision alone; on the
+    CPU the fp32 fold stays, a speed-up of the project's main fp32 path (see ``place_model``).
+    """
+    return device_type == 'cpu' and dtype in _FULL_PRECISION
+
+
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     """``norm(conv(x))``, as one convolution when ``norm`` is a BatchNorm with frozen statistics.
 
@@ -165,13 +177,15 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     :func:`_folds`), or when gamma trains and the convolution runs in half precision: gamma's gradient
     would then come from the half weight gradient as sum(grad * c) - mean * sum(grad), two large
     terms that cancel, where BatchNorm's backward centres c first (so bf16 training folds only the
-    frozen stages and frozen-affine norms; fp32 training and all inference fold every frozen norm).
+    frozen stages and frozen-affine norms; fp32 training on the CPU and all inference fold every
+    frozen norm; fp32 training on CUDA folds only what half precision folds:
+    :func:`folds_with_trainable_gamma`).
     """
     if not _folds(norm) or _runs_as_module(conv):
         return norm(run_conv(conv, x))
     dtype = _autocast_dtype(x.device.type) or conv.weight.dtype
     gamma_trains = torch.is_grad_enabled() and norm.weight is not None and norm.weight.requires_grad
-    if gamma_trains and dtype not in _FULL_PRECISION:
+    if gamma_trains and not folds_with_trainable_gamma(x.device.type, dtype):
         return norm(run_conv(conv, x))
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
