@@ -16,7 +16,7 @@ from test_engine_dist import free_port
 
 pytestmark = pytest.mark.slow
 
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT, PYTHON=sys.executable)  # the launchers' interpreter
 
 
 def run(cmd, timeout=300, env=None):

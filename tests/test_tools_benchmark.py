@@ -97,7 +97,9 @@ def test_train_fp32_against_mixed_in_one_run(tiny_config):
     fp32, mixed = rows['fp32'], rows[label]
     assert time_ratio == pytest.approx(fp32[0] / mixed[0], rel=0.02, abs=0.01)
     assert mem_ratio == pytest.approx(fp32[1] / mixed[1], rel=0.02, abs=0.01)
-    assert fps_ratio == pytest.approx(fp32[2] / mixed[2], rel=0.05, abs=0.02)
+    # the fps column is printed to 0.1: the ratio of the printed values may be off by that rounding
+    low, high = (fp32[2] - 0.05) / (mixed[2] + 0.05), (fp32[2] + 0.05) / max(mixed[2] - 0.05, 1e-9)
+    assert low - 0.01 <= fps_ratio <= high + 0.01, (fps_ratio, fp32, mixed)
     assert re.search(r'^\[fp32\] Overall fps: ' + NUMBER, out, re.M)
     assert re.search(r'^\[mixed\] Overall fps: ' + NUMBER, out, re.M)
 
