@@ -23,6 +23,7 @@ from mixprec.engine import (DistEvalHook, DistSamplerSeedHook, EvalHook, Runner,
 from mixprec.engine.optimizer import build_optimizer
 from mixprec.models import place_model
 from mixprec.registry import ConfigError
+from mixprec.stop_signals import parse_signal
 
 
 def init_random_seed(seed: Optional[int] = None) -> int:
@@ -57,8 +58,10 @@ def find_latest_checkpoint(work_dir: str) -> Optional[str]:
 
 
 def remove_partial_checkpoints(work_dir: str, logger) -> None:
-    """Delete the temp files (``.NAME.pth.XXXX.tmp``) of saves that a kill interrupted."""
-    for path in sorted(glob.glob(os.path.join(work_dir, '.*.pth.*.tmp'))):
+    """Delete the temp files (``.NAME.pth.XXXX.tmp``, ``.NAME.pth.PID.lnk``) of saves and links that a kill
+    interrupted; no checkpoint lookup ever picks them, this only tidies the work dir."""
+    partial = glob.glob(os.path.join(work_dir, '.*.pth.*.tmp')) + glob.glob(os.path.join(work_dir, '.*.pth.*.lnk'))
+    for path in sorted(partial):
         os.remove(path)
         logger.warning('removed %s, the partial file of an interrupted checkpoint save', path)
 
@@ -205,8 +208,9 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
             model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
 
+    requeue_signal = parse_signal(cfg.get('requeue_signal', 'SIGUSR1'), f'{path}: requeue_signal')
     runner = Runner(model, optimizer, work_dir=cfg.work_dir, logger=logger, meta=meta, timestamp=timestamp,
-                    **_max_length(cfg))
+                    requeue_signal=requeue_signal, **_max_length(cfg))
     with config_section(path, 'lr_config/optimizer_config/fp16/checkpoint_config/log_config/custom_hooks'):
         runner.register_training_hooks(cfg.get('lr_config'), _optimizer_hook_cfg(cfg, distributed),
                                        cfg.get('checkpoint_config'), cfg.get('log_config'), cfg.get('custom_hooks'),
