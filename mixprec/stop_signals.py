@@ -4,7 +4,7 @@ Schedulers and terminals signal a whole process group (``timeout``, SLURM's time
 preemption, systemd, Ctrl-C, torchrun's agent), so the data workers get the signal the runner handles.
 The runner records the signals it handles here; while a loader starts its workers, those signals are
 blocked in the starting thread (:func:`starting_workers`), so a worker, forked or spawned, begins with
-them blocked, and its ``worker_init_fn`` turns them into ignored ones (:func:`shield_worker`). Workers
+them blocked and then drops them, unless they come from its parent (:func:`shield_worker`): workers
 end with the loader, as the main process shuts it down. Shared by the engine (the runner's handlers,
 the test loop) and the data loaders (their workers), so it sits below both.
 """
@@ -21,7 +21,9 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 from .registry import ConfigError
 
-_handled: tuple = ()
+_handled: tuple = ()  # the signals the running training loop handles
+_starting = False  # inside starting_workers(): a process forked now is a DataLoader worker
+_shielded = False
 # signals that cannot stop a run cleanly: uncatchable, or part of normal process life
 _REFUSED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGSEGV,
             signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGPIPE}
@@ -73,28 +75,56 @@ def starting_workers() -> Iterator[None]:
 
     A child inherits the starting thread's signal mask (through fork and exec alike), so a worker never
     runs a moment with the default action (death) or the runner's handler; a signal that arrives
-    meanwhile waits, and reaches the main process when the block ends.
+    meanwhile waits, and reaches the main process when the block ends. A forked worker shields
+    itself at once (an at-fork hook); a spawned one in its ``worker_init_fn``.
     """
+    global _starting
     if not _handled:
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _handled)
+    _starting = True
     try:
         yield
     finally:
+        _starting = False
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def shield_worker() -> None:
-    """In a DataLoader worker: ignore the stop signals it started with blocked (see :func:`starting_workers`).
+    """In a DataLoader worker: ignore the stop signals it started with blocked (:func:`starting_workers`),
+    except from its parent.
 
-    A signal already pending is discarded. Outside a training run nothing is blocked and a worker keeps
-    the default actions.
+    The signals stay blocked; a thread takes them with ``sigwaitinfo`` and drops them unless the
+    parent sent them: the loader's shutdown and the interpreter's exit end workers with SIGTERM
+    (``Process.terminate``), and an ignored one would leave the parent waiting for them forever.
+    Outside a training run nothing is blocked and a worker keeps the default actions.
     """
+    global _shielded
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    for sig in blocked:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    if _shielded or not blocked:
+        return
+    _shielded = True
+    for sig in blocked:  # a forked worker inherited the runner's handlers
+        signal.signal(sig, signal.SIG_DFL)
+    threading.Thread(target=_drop_stop_signals, args=(blocked, os.getppid()), name='stop-signal-shield',
+                     daemon=True).start()
+
+
+def _drop_stop_signals(signals: set, parent: int) -> None:
+    """Exit 0 on the parent's signal, as torch's own worker SIGTERM handler does: the parent's SIGCHLD
+    check reports a worker that exits otherwise while its loader is alive (at interpreter exit)."""
+    while True:
+        if signal.sigwaitinfo(signals).si_pid == parent:
+            os._exit(0)
+
+
+def _after_fork_in_child() -> None:
+    if _starting:
+        shield_worker()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def requeue_slurm_job(logger: logging.Logger) -> bool:
