@@ -289,6 +289,8 @@ def runs(setup) -> dict:
         'reference': train(setup, 'reference'),
         # killpg SIGTERM in the middle of epoch 1's third iteration
         'sigterm': train(setup, 'sigterm', pauses=dict(SIG_PAUSE_ITER=2)),
+        # killpg SIGTERM in epoch 1's last iteration
+        'sigterm_last_iter': train(setup, 'sigterm_last_iter', pauses=dict(SIG_PAUSE_ITER=ITERS_PER_EPOCH - 1)),
         # Ctrl-C on the terminal during epoch 1's evaluation
         'ctrl_c_in_eval': train(setup, 'ctrl_c_in_eval', pauses=dict(SIG_PAUSE_EVAL=1), tty=True),
         # the advance warning to the group while epoch_1.pth is half written, under (a stand-in for) SLURM,
@@ -305,6 +307,7 @@ def runs(setup) -> dict:
     }
     results = {}
     for name, send in (('sigterm', lambda r: r.killpg(signal.SIGTERM)), ('ctrl_c_in_eval', Run.ctrl_c),
+                       ('sigterm_last_iter', lambda r: r.killpg(signal.SIGTERM)),
                        ('usr1_in_save', lambda r: r.killpg(signal.SIGUSR1)),
                        ('kill_in_stop_save', lambda r: r.killpg(signal.SIGTERM)), ('double_ctrl_c', Run.ctrl_c)):
         run = started[name]
@@ -362,6 +365,15 @@ def test_signal_during_evaluation_lets_the_evaluation_finish(runs):
     assert 'Epoch(val) [1][' in proc.stdout and 'bbox_mAP' in proc.stdout
     assert 'Epoch [2][' not in proc.stdout
     assert counters(work_dir, 'epoch_1.pth') == (1, ITERS_PER_EPOCH, 0)
+
+
+def test_signal_in_an_epochs_last_iteration_stops_after_the_epochs_hooks(runs):
+    """The epoch checkpoint and the evaluation of that epoch are not skipped."""
+    proc, work_dir = runs['sigterm_last_iter']
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert runs['sigterm_last_iter counters'] == (1, ITERS_PER_EPOCH, 0)
+    assert counters(work_dir, 'epoch_1.pth') == (1, ITERS_PER_EPOCH, 0)
+    assert 'Epoch(val) [1][' in proc.stdout and 'Epoch [2][' not in proc.stdout
 
 
 def test_advance_warning_requeues_the_slurm_job_after_the_checkpoint(runs):
