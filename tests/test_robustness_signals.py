@@ -459,3 +459,41 @@ def test_torchrun_agent_group_sigterm_stops_every_rank_after_the_same_iteration(
     resumed = torchrun(setup, 'dist_sigterm', '--auto-resume').finish()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(reference.work_dir, stopped.work_dir)
+
+
+# A stand-in for srun on PATH: records the signal it gets and its arguments, and exits as a step would.
+FAKE_SRUN = '''#!{python}
+import os, signal, sys, time
+record = os.environ['FAKE_SRUN_RECORD']
+
+
+def stop(signum, frame):
+    with open(record, 'w') as f:
+        f.write(signal.Signals(signum).name + ' ' + ' '.join(sys.argv[1:]))
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGUSR1, stop)
+open(record + '.ready', 'w').close()
+time.sleep(60)
+'''
+
+
+def test_slurm_script_hands_the_batch_shells_warning_to_srun(tmp_path):
+    """``--signal=B:USR1@120`` signals the batch shell alone; tools/slurm_train.sh passes it to srun and
+    ends with srun's status."""
+    srun = tmp_path / 'srun'
+    srun.write_text(FAKE_SRUN.format(python=sys.executable))
+    srun.chmod(0o755)
+    record = str(tmp_path / 'record')
+    env = dict(os.environ, SLURM_JOB_ID='7', FAKE_SRUN_RECORD=record, PATH=f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
+    proc = subprocess.Popen(['bash', os.path.join(ROOT, 'tools', 'slurm_train.sh'), 'gpu', 'job', 'cfg.py', 'wd',
+                             '--auto-resume'], env=env, start_new_session=True)
+    deadline = time.time() + 30
+    while not os.path.exists(record + '.ready'):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert proc.wait(timeout=30) == 128 + signal.SIGUSR1
+    words = open(record).read().split()
+    assert words[0] == 'SIGUSR1' and words[-3:] == ['--work-dir=wd', '--launcher=slurm', '--auto-resume']
