@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mixprec.data import build_dataloader, build_dataset
+from mixprec.data.sample_seeds import SeededDataset, SeededSampler
 from mixprec.engine.runner import _skip_batches
 
 NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
@@ -76,3 +77,26 @@ def test_loading_leaves_the_callers_generators_alone(dataset):
     random.seed(5)
     epoch(loader, 0)
     assert (np.random.rand(), random.random()) == expected
+
+
+class Draws(torch.utils.data.Dataset):
+    """Each sample is what numpy, random and torch draw for it."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return np.random.rand(), random.random(), torch.rand(()).item()
+
+
+def test_every_generator_is_seeded_by_seed_rank_epoch_and_position():
+    def draws(seed, rank, epoch):
+        sampler = SeededSampler(torch.utils.data.SequentialSampler(range(4)), seed, rank)
+        sampler.set_epoch(epoch)
+        return [SeededDataset(Draws())[key] for key in sampler]
+
+    reference = draws(3, 0, 1)
+    assert draws(3, 0, 1) == reference
+    for other in (draws(4, 0, 1), draws(3, 1, 1), draws(3, 0, 2)):
+        assert all(a != b for pos_a, pos_b in zip(reference, other) for a, b in zip(pos_a, pos_b))
+    assert len({value for position in reference for value in position}) == 12  # positions differ too
