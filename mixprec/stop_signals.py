@@ -95,8 +95,9 @@ def shield_worker() -> None:
     """In a DataLoader worker: ignore the stop signals it started with blocked (:func:`starting_workers`),
     except from its parent.
 
-    The signals stay blocked; a thread takes them with ``sigwaitinfo`` and drops them unless the
-    parent sent them: the loader's shutdown and the interpreter's exit end workers with SIGTERM
+    The signals stay blocked (so neither the default action nor a handler inherited from the runner
+    ever runs here); a thread takes them with ``sigwaitinfo`` and drops them unless the parent sent
+    them: the loader's shutdown and the interpreter's exit end workers with SIGTERM
     (``Process.terminate``), and an ignored one would leave the parent waiting for them forever.
     Outside a training run nothing is blocked and a worker keeps the default actions.
     """
@@ -105,8 +106,6 @@ def shield_worker() -> None:
     if _shielded or not blocked:
         return
     _shielded = True
-    for sig in blocked:  # a forked worker inherited the runner's handlers
-        signal.signal(sig, signal.SIG_DFL)
     threading.Thread(target=_drop_stop_signals, args=(blocked, os.getppid()), name='stop-signal-shield',
                      daemon=True).start()
 
