@@ -53,7 +53,8 @@ class SeededSampler(Sampler):
 
 class SeededDataset(Dataset):
     """``dataset`` loading a ``(index, key)`` pair with the generators seeded by ``key``; a plain index
-    as ``dataset`` does. Other attributes (``CLASSES``, ``flag``, ``evaluate``...) read through."""
+    as ``dataset`` does. Other attributes (``CLASSES``, ``flag``, ``evaluate``...) and ``__class__``
+    read through."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -72,6 +73,14 @@ class SeededDataset(Dataset):
         if name == 'dataset':
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+    @property
+    def __class__(self) -> type:
+        """The wrapped dataset's class, for ``isinstance`` and messages that name the dataset."""
+        return type(self.dataset)
+
+    def __reduce__(self) -> tuple:  # pickling (spawned workers) goes by the real class
+        return SeededDataset, (self.dataset,)
 
 
 @contextlib.contextmanager
