@@ -158,8 +158,8 @@ class Run:
         self.name = name
         self.work_dir = os.path.join(folder, name)
         self.marker = os.path.join(folder, f'{name}.marker')
-        resumed = '--auto-resume' in cmd
-        self.out_path, self.err_path = (os.path.join(folder, f'{name}{".resumed" * resumed}.{s}') for s in ('out', 'err'))
+        logs = f'{name}.resumed' if '--auto-resume' in cmd else name
+        self.out_path, self.err_path = (os.path.join(folder, f'{logs}.{s}') for s in ('out', 'err'))
         self.master = None
         stdin = subprocess.DEVNULL
         if tty:
@@ -200,13 +200,15 @@ class Run:
         """The ended run; one still running after ``timeout`` s is killed and reads as return code None."""
         try:
             self.proc.wait(timeout=timeout)
+            returncode, stderr = self.proc.returncode, self.stderr
         except subprocess.TimeoutExpired:
             self.killpg(signal.SIGKILL)
             self.proc.wait()
-            return subprocess.CompletedProcess(self.proc.args, None, self.stdout, self.stderr + '\n(timed out)')
+            returncode, stderr = None, self.stderr + '\n(timed out)'
         if self.master is not None:
             os.close(self.master)
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.stdout, self.stderr)
+            self.master = None
+        return subprocess.CompletedProcess(self.proc.args, returncode, self.stdout, stderr)
 
     @classmethod
     def kill_leftovers(cls) -> None:
@@ -486,7 +488,8 @@ def test_slurm_script_hands_the_batch_shells_warning_to_srun(tmp_path):
     srun.write_text(FAKE_SRUN.format(python=sys.executable))
     srun.chmod(0o755)
     record = str(tmp_path / 'record')
-    env = dict(os.environ, SLURM_JOB_ID='7', FAKE_SRUN_RECORD=record, PATH=f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
+    env = dict(os.environ, SLURM_JOB_ID='7', FAKE_SRUN_RECORD=record,
+               PATH=f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
     proc = subprocess.Popen(['bash', os.path.join(ROOT, 'tools', 'slurm_train.sh'), 'gpu', 'job', 'cfg.py', 'wd',
                              '--auto-resume'], env=env, start_new_session=True)
     deadline = time.time() + 30
