@@ -500,3 +500,21 @@ def test_slurm_script_hands_the_batch_shells_warning_to_srun(tmp_path):
     assert proc.wait(timeout=30) == 128 + signal.SIGUSR1
     words = open(record).read().split()
     assert words[0] == 'SIGUSR1' and words[-3:] == ['--work-dir=wd', '--launcher=slurm', '--auto-resume']
+
+
+@pytest.mark.parametrize('value', ['SIGTERM', 'SIGKILL', 'USR9', 1.5])
+def test_bad_requeue_signal_is_one_config_error(setup, value):
+    from mixprec.config import check_train_config, load_config
+    from mixprec.registry import ConfigError
+    cfg = load_config(setup['config'], {'requeue_signal': value})
+    with pytest.raises(ConfigError) as info:
+        check_train_config(cfg, 'tiny.py')
+    assert str(info.value) == ("tiny.py: requeue_signal: expected a catchable signal other than SIGINT and SIGTERM, "
+                               f"such as 'SIGUSR1' or 'SIGUSR2' (or None for no advance-warning signal), got {value!r}")
+
+
+@pytest.mark.parametrize('value, expected', [('SIGUSR2', signal.SIGUSR2), ('usr1', signal.SIGUSR1),
+                                             (int(signal.SIGHUP), signal.SIGHUP), (None, None)])
+def test_requeue_signal_spellings(value, expected):
+    from mixprec.stop_signals import parse_signal
+    assert parse_signal(value, 'requeue_signal') == expected

@@ -58,10 +58,8 @@ def find_latest_checkpoint(work_dir: str) -> Optional[str]:
 
 
 def remove_partial_checkpoints(work_dir: str, logger) -> None:
-    """Delete the temp files (``.NAME.pth.XXXX.tmp``, ``.NAME.pth.PID.lnk``) of saves and links that a kill
-    interrupted; no checkpoint lookup ever picks them, this only tidies the work dir."""
-    partial = glob.glob(os.path.join(work_dir, '.*.pth.*.tmp')) + glob.glob(os.path.join(work_dir, '.*.pth.*.lnk'))
-    for path in sorted(partial):
+    """Delete the temp files (``.NAME.pth.XXXX.tmp``) of saves that a kill interrupted."""
+    for path in sorted(glob.glob(os.path.join(work_dir, '.*.pth.*.tmp'))):
         os.remove(path)
         logger.warning('removed %s, the partial file of an interrupted checkpoint save', path)
 
