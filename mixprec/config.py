@@ -11,6 +11,7 @@ from typing import Any, Optional
 from mmengine import Config, DictAction
 
 from .registry import ConfigError
+from .stop_signals import parse_signal
 
 __all__ = ['Config', 'DictAction', 'load_config', 'check_train_config', 'compat_cfg', 'check_top_level_keys',
            'RUNTIME_KEYS', 'UNSUPPORTED_KEYS']
@@ -81,6 +82,7 @@ def check_train_config(cfg: Config, path: str) -> None:
     for key in ('max_epochs', 'max_iters'):
         if key in runner:
             _check_number(runner[key], f'runner.{key}', path, int, 1)
+    parse_signal(cfg.get('requeue_signal', 'SIGUSR1'), f'{path}: requeue_signal')
     if cfg.get('fp16') is not None and not isinstance(cfg.fp16, dict):
         raise ConfigError(f'{path}: fp16 must be a dict such as dict(loss_scale=512.), got {cfg.fp16!r}')
     loss_scale = (cfg.get('fp16') or {}).get('loss_scale', 'dynamic')
@@ -110,13 +112,14 @@ def config_name(path: str) -> str:
     return re.sub(r'\.py$', '', os.path.basename(path))
 
 
-# Top-level keys of mmdetection v2.28 / mmcv 1.x configs that mixprec acts on (plus its own cpu_threads).
+# Top-level keys of mmdetection v2.28 / mmcv 1.x configs that mixprec acts on (plus its own cpu_threads and
+# requeue_signal).
 RUNTIME_KEYS = frozenset({
     'model', 'data', 'optimizer', 'optimizer_config', 'lr_config', 'momentum_config', 'runner', 'total_epochs',
     'checkpoint_config', 'log_config', 'custom_hooks', 'custom_imports', 'evaluation', 'fp16', 'workflow',
     'dist_params', 'log_level', 'load_from', 'resume_from', 'auto_resume', 'work_dir', 'gpu_ids', 'seed',
     'opencv_num_threads', 'mp_start_method', 'auto_scale_lr', 'find_unused_parameters', 'cudnn_benchmark',
-    'train_cfg', 'test_cfg', 'cpu_threads', 'trusted_checkpoint',
+    'train_cfg', 'test_cfg', 'cpu_threads', 'trusted_checkpoint', 'requeue_signal',
 })
 # Keys mmdet knows (or that belong in a section) that mixprec refuses, with what to do instead.
 UNSUPPORTED_KEYS = {

@@ -98,8 +98,8 @@ def test_worker_init_fn_seeds_all_generators():
 
 def test_build_dataloader_samplers_and_batch_sizes():
     loader = build_dataloader(DATASET, samples_per_gpu=2, workers_per_gpu=0, num_gpus=2, seed=0)
-    assert isinstance(loader.sampler, GroupSampler) and loader.batch_size == 4
+    assert isinstance(loader.sampler.sampler, GroupSampler) and loader.batch_size == 4  # in SeededSampler
     loader = build_dataloader(DATASET, samples_per_gpu=2, workers_per_gpu=0, dist=True, shuffle=False)
     assert isinstance(loader.sampler, DistributedSampler) and loader.batch_size == 2
     loader = build_dataloader(DATASET, samples_per_gpu=3, workers_per_gpu=0, dist=True, seed=1)
-    assert isinstance(loader.sampler, DistributedGroupSampler) and loader.sampler.seed == 1
+    assert isinstance(loader.sampler.sampler, DistributedGroupSampler) and loader.sampler.seed == 1

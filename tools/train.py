@@ -1,7 +1,8 @@
 """Train a detector: ``python tools/train.py CONFIG [--work-dir DIR] [--auto-resume] ...``.
 
-Bad input ends with one line on stderr and exit code 2; a diverged run with exit code 1; SIGINT or
-SIGTERM saves a resumable ``latest.pth`` first and exits with 128 + the signal number.
+Bad input ends with one line on stderr and exit code 2; a diverged run with exit code 1; SIGINT,
+SIGTERM or the advance-warning signal (config key ``requeue_signal``, SIGUSR1 by default; under SLURM
+it also requeues the job) saves a resumable ``latest.pth`` first and exits with 128 + the signal number.
 """
 from __future__ import annotations
 

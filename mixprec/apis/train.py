@@ -23,6 +23,7 @@ from mixprec.engine import (DistEvalHook, DistSamplerSeedHook, EvalHook, Runner,
 from mixprec.engine.optimizer import build_optimizer
 from mixprec.models import place_model
 from mixprec.registry import ConfigError
+from mixprec.stop_signals import parse_signal
 
 
 def init_random_seed(seed: Optional[int] = None) -> int:
@@ -205,8 +206,9 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
             model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
 
+    requeue_signal = parse_signal(cfg.get('requeue_signal', 'SIGUSR1'), f'{path}: requeue_signal')
     runner = Runner(model, optimizer, work_dir=cfg.work_dir, logger=logger, meta=meta, timestamp=timestamp,
-                    **_max_length(cfg))
+                    requeue_signal=requeue_signal, **_max_length(cfg))
     # the runner owns the model from here: the fp16 hook may replace a DDP wrapper (rebuild_ddp), and
     # a reference kept here would hold the first wrapper's gradient buckets for the whole run
     del model

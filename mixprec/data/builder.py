@@ -10,7 +10,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mixprec.registry import DATASETS
+from mixprec.stop_signals import shield_worker
 from .collate import collate
+from .sample_seeds import SeededDataset, SeededSampler
 from .samplers import DistributedGroupSampler, DistributedSampler, GroupSampler, _dist_info
 
 
@@ -23,11 +25,14 @@ def build_dataset(cfg: Union[dict, list], default_args: Optional[dict] = None) -
 
 
 def worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: Optional[int]) -> None:
-    """Seed numpy, random and torch in a worker with ``seed + rank * num_workers + worker_id``.
+    """Seed numpy, random and torch in a worker with ``seed + rank * num_workers + worker_id``, and
+    shield it from the training run's stop signals (the main process owns the stop).
 
     Without a seed, numpy and random take torch's per-worker seed, so forked workers do not
-    share one numpy stream (identical random flips in every worker).
+    share one numpy stream (identical random flips in every worker). A training loader's samples
+    draw from their own per-sample seeds (:mod:`.sample_seeds`), not from these streams.
     """
+    shield_worker()
     if seed is None:
         worker_seed = torch.initial_seed() % 2 ** 32
     else:
@@ -46,6 +51,9 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
     DistributedSampler (ordered, padded). Not dist: GroupSampler when shuffling, else in order; the
     batch is ``num_gpus * samples_per_gpu``. Rank and world size come from torch.distributed
     when it is initialised. Workers are seeded by :func:`worker_init_fn`, samplers by ``seed + epoch``.
+    A shuffling (training) loader seeds each sample's augmentation by (seed, rank, epoch, position in
+    the epoch) (:mod:`.sample_seeds`): the same with any number of workers and across a mid-epoch
+    resume; its ``dataset`` and ``sampler`` are then wrappers that read through to the given ones.
     """
     rank, world_size = _dist_info()
     if dist:
@@ -58,6 +66,9 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
         sampler = GroupSampler(dataset, samples_per_gpu * num_gpus, seed=seed) if shuffle else None
         batch_size, num_workers = num_gpus * samples_per_gpu, num_gpus * workers_per_gpu
     init_fn = partial(worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)
+    if shuffle:
+        sampler = SeededSampler(sampler, 0 if seed is None else seed, rank)
+        dataset = SeededDataset(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, pin_memory=kwargs.pop('pin_memory', False), worker_init_fn=init_fn,
                       persistent_workers=persistent_workers and num_workers > 0, **kwargs)

@@ -6,6 +6,12 @@ backward and the step in ``after_train_iter``, so the fp16 hook can replace the 
 
 Counters follow mmcv 1.x: inside a hook, ``epoch``, ``iter`` and ``inner_iter`` are the 0-based
 indices of the current epoch / iteration; checkpoints store completed counts.
+
+Stopping: SIGINT, SIGTERM and the advance-warning signal (``requeue_signal``, SIGUSR1 by default) set
+a flag; the ranks agree on it in the loss all-reduce of each iteration, and after each epoch's hooks
+(evaluation, checkpoints). The iteration in flight completes, or the epoch's hooks when it was the
+epoch's last, then ``latest.pth`` is written and :class:`TrainingInterrupted` raised. DataLoader
+workers start shielded from these signals (:mod:`mixprec.stop_signals`).
 """
 from __future__ import annotations
 
@@ -13,7 +19,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from collections import OrderedDict
 from typing import Any, Optional
@@ -26,6 +31,7 @@ import mixprec
 from mixprec.checkpoint import (CheckpointError, link_or_copy, load_checkpoint as load_weights, load_file,
                                 load_state_dict, save_file, unwrap_model)
 from mixprec.registry import HOOKS
+from mixprec.stop_signals import handled, requeue_slurm_job, starting_workers
 from .dist_utils import all_gather_object, barrier, get_dist_info, is_dist
 from .hooks import Hook, build_lr_hook, build_momentum_hook, get_priority
 from .log_buffer import LogBuffer
@@ -37,7 +43,7 @@ HOOK_STAGES = ('before_run', 'before_train_epoch', 'before_train_iter', 'after_t
 
 
 class TrainingInterrupted(Exception):
-    """Raised after a SIGINT/SIGTERM once a resumable checkpoint is written."""
+    """Raised after a stop signal once a resumable checkpoint is written."""
 
     def __init__(self, signum: int, checkpoint: str) -> None:
         self.signum = signum
@@ -91,8 +97,8 @@ class _SkipBatchSampler:
 def _skip_batches(loader: DataLoader, skip: int) -> DataLoader:
     """A loader over the rest of the epoch; its own generator keeps the global RNG untouched.
 
-    With ``num_workers=0`` the resumed epoch then sees exactly the random numbers the uninterrupted
-    run saw; with workers, their seeds differ from the uninterrupted run's for this one epoch.
+    The samples keep their positions in the epoch, so a loader from ``build_dataloader`` (per-sample
+    seeds) gives them the augmentation of the uninterrupted run, with or without workers.
     """
     return DataLoader(loader.dataset, batch_sampler=_SkipBatchSampler(loader.batch_sampler, skip),
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn,
@@ -109,12 +115,14 @@ class Runner:
         work_dir: where logs and checkpoints go.
         logger: defaults to the 'mixprec' logger.
         meta: saved in every checkpoint (config text, seed, env info, classes...).
+        requeue_signal: the advance-warning signal (SLURM's ``--signal``): stop as on SIGTERM, then
+            rank 0 requeues the SLURM job; None handles only SIGINT and SIGTERM.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, work_dir: Optional[str] = None,
                  logger: Optional[logging.Logger] = None, meta: Optional[dict] = None,
                  max_epochs: Optional[int] = None, max_iters: Optional[int] = None,
-                 timestamp: Optional[str] = None) -> None:
+                 timestamp: Optional[str] = None, requeue_signal: Optional[int] = signal.SIGUSR1) -> None:
         if (max_epochs is None) == (max_iters is None):
             raise ValueError('runner needs exactly one of max_epochs and max_iters')
         self.model = model
@@ -139,7 +147,12 @@ class Runner:
         self.val_data_loader: Optional[DataLoader] = None
         self.mode = 'train'
         self.rank, self.world_size = get_dist_info()
-        self._stop_signal: Optional[int] = None
+        self._requeue_signal = requeue_signal
+        # stop signals in the order they win when ranks received different ones
+        self._stop_signals = tuple(s for s in (requeue_signal, signal.SIGTERM, signal.SIGINT) if s is not None)
+        self._received: set = set()
+        self._stop_signal: Optional[int] = None  # the last one received here
+        self._stop_agreed: Optional[int] = None  # the one all ranks stop for
         self._after_iter = False
 
     # -- read-only state for hooks --------------------------------------------------------------
@@ -253,7 +266,7 @@ class Runner:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, data_loader: DataLoader, workflow: Optional[list] = None,
             val_data_loader: Optional[DataLoader] = None) -> None:
-        """Train until ``max_epochs`` or ``max_iters``; SIGINT/SIGTERM save a checkpoint and stop.
+        """Train until ``max_epochs`` or ``max_iters``; a stop signal saves a checkpoint and stops.
 
         ``workflow``: mmcv 1.x's ``[('train', n), ('val', m)]`` (epoch-based): n train epochs, then m
         val-loss epochs on ``val_data_loader``, repeated.
@@ -269,8 +282,9 @@ class Runner:
             self._max_epochs = math.ceil(self._max_iters / len(data_loader))
         self.logger.info('Start running, work_dir: %s, max: %d epochs / %d iters', self.work_dir,
                          self._max_epochs, self._max_iters)
-        previous = self._install_signal_handlers()
-        try:
+        self._received.clear()
+        self._stop_signal = self._stop_agreed = None
+        with handled(self._stop_signals, self._request_stop):
             self.call_hook('before_run')
             while self._iter < self._max_iters:
                 for mode, epochs in phases:
@@ -279,9 +293,9 @@ class Runner:
                             self._val_epoch()
                         elif self._iter < self._max_iters:
                             self._train_epoch()
+                        if self._iter < self._max_iters and self._agree_stop():
+                            self._stop_with_checkpoint()
             self.call_hook('after_run')
-        finally:
-            self._restore_signal_handlers(previous)
 
     def _train_epoch(self) -> None:
         self.model.train()
@@ -290,12 +304,15 @@ class Runner:
         start, self._resume_inner_iter = self._resume_inner_iter, 0
         loader = _skip_batches(self.data_loader, start) if start else self.data_loader
         self._inner_iter = start
-        for data_batch in loader:
+        with starting_workers():
+            batches = iter(loader)
+        for data_batch in batches:
             self.call_hook('before_train_iter')
             self._run_iter(data_batch)
             self._after_iter = True
             self.call_hook('after_train_iter')
-            if self._stop_agreed:
+            last = self._inner_iter + 1 == len(self.data_loader) or self._iter + 1 >= self._max_iters
+            if self._stop_agreed is not None and not last:  # the last stops after the epoch's hooks
                 self._stop_with_checkpoint()
             self._after_iter = False
             self._inner_iter += 1
@@ -305,6 +322,7 @@ class Runner:
         if self._inner_iter == len(self.data_loader):
             self.call_hook('after_train_epoch')
             self._epoch += 1
+            self._inner_iter = 0
 
     @torch.no_grad()
     def _val_epoch(self) -> None:
@@ -313,7 +331,9 @@ class Runner:
         self.model.eval()
         self.log_buffer.clear()
         self.call_hook('before_val_epoch')
-        for data_batch in self.val_data_loader:
+        with starting_workers():
+            batches = iter(self.val_data_loader)
+        for data_batch in batches:
             self.call_hook('before_val_iter')
             self._run_iter(data_batch)
             self.call_hook('after_val_iter')
@@ -331,41 +351,51 @@ class Runner:
         self.log_buffer.update(log_vars, num_samples)
 
     def _reduce_for_log(self, terms: OrderedDict) -> OrderedDict:
-        """Detached loss terms averaged over ranks, in one all-reduce that also carries the stop flag."""
+        """Detached loss terms averaged over ranks, in one all-reduce that also carries the stop flags."""
         values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
-        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=values.device)
-        packed = torch.cat([values, flag])
+        packed = torch.cat([values, self._stop_flags(values.device)])
         if is_dist():
             torch.distributed.all_reduce(packed)
-            packed[:-1] /= self.world_size
+            packed[:len(terms)] /= self.world_size
         packed = packed.tolist()
-        self._stop_agreed = packed[-1] > 0
-        return OrderedDict(zip(terms.keys(), packed[:-1]))
+        self._stop_agreed = self._agreed_signal(packed[len(terms):])
+        return OrderedDict(zip(terms.keys(), packed[:len(terms)]))
 
     # -- interruption --------------------------------------------------------------------------
-    def _install_signal_handlers(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        self._stop_signal = None
-        self._stop_agreed = False
-
-        def request_stop(signum, frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop_signal = signum
+    def _request_stop(self, signum: int, frame) -> None:
+        """The handler of the stop signals: only a flag, acted on at the next agreement point."""
+        if signum == signal.SIGINT and self._stop_signal is not None:
+            raise KeyboardInterrupt
+        if signum not in self._received:
             self.logger.warning('%s received: stopping after this iteration with a checkpoint '
                                 '(Ctrl-C again to abort at once)', signal.Signals(signum).name)
+        self._received.add(signum)
+        self._stop_signal = signum
 
-        return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    def _stop_flags(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor([1.0 if s in self._received else 0.0 for s in self._stop_signals], device=device)
 
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    def _agreed_signal(self, flags: list) -> Optional[int]:
+        """The signal every rank stops for: the first of ``_stop_signals`` that some rank received."""
+        return next((s for s, flag in zip(self._stop_signals, flags) if flag > 0), None)
+
+    def _agree_stop(self) -> Optional[int]:
+        """Between epochs: agree on the stop flags in one all-reduce (a signal during the epoch's hooks)."""
+        flags = self._stop_flags(self.device)
+        if is_dist():
+            torch.distributed.all_reduce(flags)
+        self._stop_agreed = self._agreed_signal(flags.tolist())
+        return self._stop_agreed
 
     def _stop_with_checkpoint(self) -> None:
-        signum = self._stop_signal or signal.SIGTERM
+        """Write ``latest.pth`` (all ranks take part), requeue the SLURM job after the advance-warning
+        signal (rank 0), and leave together: a rank exiting first could get the others killed
+        (torchrun, ``srun --kill-on-bad-exit``) before the checkpoint is on disk."""
+        signum = self._stop_agreed or signal.SIGTERM
         path = self.save_checkpoint(self.work_dir, 'latest.pth', update_latest=False)
+        if self.rank == 0 and signum == self._requeue_signal:
+            requeue_slurm_job(self.logger)
+        self.barrier()
         raise TrainingInterrupted(signum, path)
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mixprec.stop_signals import starting_workers
 from .dist_utils import barrier, collect_results, get_dist_info, raise_if_any_rank_failed
 from .runner import move_to_device
 
@@ -42,7 +43,9 @@ def _run(model: nn.Module, data_loader, progress: bool, on_batch: Optional[Calla
     results: list = []
     bar = tqdm(total=len(data_loader.sampler) if hasattr(data_loader, 'sampler') else None,
                disable=not progress, desc='test', unit='img', dynamic_ncols=True, leave=False)
-    for data in data_loader:
+    with starting_workers():  # during training: the workers ignore the runner's stop signals
+        batches = iter(data_loader)
+    for data in batches:
         data = move_to_device(data, device)
         batch_results = model(return_loss=False, rescale=True, **data)
         if on_batch is not None:

@@ -12,7 +12,7 @@ EXEMPT = ('RPNHead', 'GARPNHead', 'VGG', 'FusedSemanticHead')
 def check_num_classes(model, dataset, logger) -> None:
     """Raise ConfigError naming the first module whose ``num_classes`` differs from the dataset's classes."""
     classes = getattr(dataset, 'CLASSES', None)
-    name = type(dataset).__name__
+    name = dataset.__class__.__name__  # as mmdet: a read-through wrapper (per-sample seeds) names its dataset
     if classes is None:
         logger.warning('Please set `CLASSES` in the %s and check if it is consistent with the `num_classes` '
                        'of head', name)
