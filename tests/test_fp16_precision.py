@@ -72,6 +72,12 @@ def test_auto_on_cpu_needs_native_bf16(monkeypatch, fresh_probe, cpu, expected, 
     assert len(calls) == (1 if probed else 0)  # decided once per process
 
 
+def test_probe_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    assert precision.probe_conv_speedup(torch.bfloat16, rounds=1) > 0
+    assert torch.equal(torch.get_rng_state(), state)  # a resumed run restores it before the hook decides
+
+
 def choice_in_subprocess(env: dict) -> str:
     code = ('import time; from mixprec.fp16.precision import choose_dtype; t = time.perf_counter(); '
             "c = choose_dtype('cpu'); print(c.dtype, round(time.perf_counter() - t, 3)); print(c.reason)")
