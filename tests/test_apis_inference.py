@@ -26,6 +26,13 @@ def same_result(a, b) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def close_result(a, b) -> bool:
+    """The same detections up to float rounding: a batch of three may run other convolution kernels
+    than one image (oneDNN picks them by shape), which moves fp32 boxes in the last bits."""
+    return len(a) == len(b) and all(x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-3)
+                                    for x, y in zip(a, b))
+
+
 def test_init_detector_takes_classes_and_precision_from_checkpoint_and_config(model, trained):
     assert model.CLASSES == ('circle', 'square', 'triangle')
     assert not model.training and next(model.parameters()).device.type == 'cpu'
@@ -52,7 +59,7 @@ def test_inference_detector_inputs_path_array_list_agree(model, trained, referen
     assert same_result(inference_detector(model, mmcv.imread(paths[1])), reference[1])
     batch = inference_detector(model, [paths[0], mmcv.imread(paths[2]), paths[3]])
     assert isinstance(batch, list) and len(batch) == 3
-    assert all(same_result(b, reference[i]) for b, i in zip(batch, (0, 2, 3)))
+    assert all(close_result(b, reference[i]) for b, i in zip(batch, (0, 2, 3)))
     with pytest.raises(ConfigError, match=r'BGR \[H, W, 3\]'):
         inference_detector(model, np.zeros((8, 8), dtype=np.uint8))
 

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from helpers.cpu import native_bf16
 from mixprec.config import load_config
 from mixprec.data import make_shapes_dataset
 from mixprec.fp16.precision import describe_device
@@ -86,10 +85,8 @@ def test_train_fp32_against_mixed_in_one_run(tiny_config):
     out = proc.stdout
     assert f'training on cpu ({describe_device("cpu")}), 2 images per iteration; memory: peak RSS' in out
     rows = {name: [float(v) for v in values] for name, *values in
-            re.findall(r'^(fp32|bfloat16 master|fp32 \(auto declined\))\s+' + r'\s+'.join([NUMBER] * 3) + '$',
-                       out, re.M)}
-    # the config's dtype='auto': bf16 where the CPU computes it natively, declined (fp32) elsewhere
-    label = 'bfloat16 master' if native_bf16() in (True, None) else 'fp32 (auto declined)'
+            re.findall(r'^(fp32|bfloat16 master)\s+' + r'\s+'.join([NUMBER] * 3) + '$', out, re.M)}
+    label = 'bfloat16 master'  # the tiny config asks for bfloat16
     assert set(rows) == {'fp32', label}, out
     assert all(v > 0 for values in rows.values() for v in values)
     time_ratio, mem_ratio, fps_ratio = map(float, re.search(
