@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.cpu import skip_unless_native_bf16
 from mixprec.fp16 import wrap_fp16_model
 from mixprec.registry import MODELS
 
@@ -155,6 +156,8 @@ def mask_ap50(results, masks, labels):
 @pytest.mark.slow
 @pytest.mark.parametrize('fp16_mode', [None, 'autocast'], ids=['fp32', 'bf16-autocast'])
 def test_faster_rcnn_overfits_shapes(fp16_mode):
+    if fp16_mode:
+        skip_unless_native_bf16('bf16-autocast overfitting')
     results, boxes, labels, _ = train('faster', fp16_mode, iters=60)
     assert box_ap50(results, boxes, labels) > 0.9
 
@@ -162,6 +165,8 @@ def test_faster_rcnn_overfits_shapes(fp16_mode):
 @pytest.mark.slow
 @pytest.mark.parametrize('fp16_mode', [None, 'autocast'], ids=['fp32', 'bf16-autocast'])
 def test_mask_rcnn_overfits_shapes(fp16_mode):
+    if fp16_mode:
+        skip_unless_native_bf16('bf16-autocast overfitting')
     results, boxes, labels, masks = train('mask', fp16_mode, iters=60)
     bbox_results = [r[0] for r in results]
     assert box_ap50(bbox_results, boxes, labels) > 0.9

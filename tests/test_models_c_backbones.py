@@ -9,6 +9,7 @@ import torchvision
 from torchvision.models.resnet import Bottleneck as TvBottleneck
 
 import mixprec.models  # noqa: F401  (registers every model part)
+from helpers.cpu import learning_modes_for_auto
 from mixprec.checkpoint import CheckpointError
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import MODELS, ConfigError
@@ -401,16 +402,18 @@ def test_variant_trains_on_shapes_under_the_fp16_hook(variant, mode):
 @pytest.mark.parametrize('mode', ['master', 'autocast'])
 @pytest.mark.parametrize('variant', ['c4_faster', 'c4_mask', 'dc5_faster', 'x50_fpn_faster'])
 def test_variant_finds_its_training_shapes(variant, mode):
-    """60 bf16 SGD steps through the Fp16OptimizerHook on four shapes images: box (and mask) AP50 on
-    them above 0.5 (0.90 to 0.99 measured for this seed here; room left for other CPUs' rounding,
-    which sends these short from-scratch runs down other paths)."""
+    """60 SGD steps through the Fp16OptimizerHook with dtype='auto' (bf16 where the CPU computes it
+    natively, else the plain fp32 step) on four shapes images: box (and mask) AP50 on them above 0.5
+    (0.90 to 0.99 measured for this seed in bf16; room left for other CPUs' rounding, which sends these
+    short from-scratch runs down other paths)."""
+    learning_modes_for_auto(mode)
     from test_models_d_train import train_with_hook
     img, boxes, labels, masks = make_shapes()
     targets = dict(gt_bboxes=boxes, gt_labels=labels)
     if variant == 'c4_mask':
         targets['gt_masks'] = masks
     history, results = train_with_hook(tiny_variant_cfg(variant), mode, targets, img, shapes_metas(img), iters=60,
-                                       unfreeze=False)
+                                       dtype='auto', unfreeze=False)
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     if variant == 'c4_mask':
         assert mask_ap50(results, masks, labels) > 0.5

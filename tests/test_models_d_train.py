@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.cpu import learning_modes_for_auto
 from mixprec.data import PolygonMasks
 from mixprec.data.masks import mask_to_polygons
 from mixprec.fp16 import Fp16OptimizerHook
@@ -109,12 +110,15 @@ def train_with_hook(cfg: dict, mode: str, targets: dict, img: torch.Tensor, meta
     return history, results
 
 
-CASES = [(v, m, 'bfloat16') for v in sorted(VARIANTS) for m in ('master', 'autocast')]
+# dtype='auto': bf16 on a CPU that computes it natively, the plain fp32 step elsewhere (helpers.cpu)
+CASES = [(v, m, 'auto') for v in sorted(VARIANTS) for m in ('master', 'autocast')]
 CASES += [('giou', 'master', 'float16'), ('retina_giou', 'autocast', 'float16')]
 
 
 @pytest.mark.parametrize('variant, mode, dtype', CASES)
 def test_variant_trains_and_finds_its_shapes(variant, mode, dtype):
+    if dtype == 'auto':
+        learning_modes_for_auto(mode)
     img, boxes, labels, masks = make_shapes()
     metas = shapes_metas(img)
     targets = dict(gt_bboxes=boxes, gt_labels=labels)

@@ -30,3 +30,20 @@ def native_bf16(env: Optional[dict] = None) -> Optional[bool]:
     limit = env.get('ONEDNN_MAX_CPU_ISA', 'ALL').upper()
     allowed = limit in ('ALL', 'DEFAULT') or any(word in limit for word in ('BF16', 'AMX', 'AVX10', 'FP16'))
     return allowed and bool({'avx512_bf16', 'amx_bf16'} & flags)
+
+
+def skip_unless_native_bf16(what: str) -> None:
+    """Skip a learning test that runs bf16 only to show that a model learns in it: where bf16 is
+    emulated (10-100x slower than fp32) its time would depend on bf16 being fast. The fp16 hook's bf16
+    arithmetic itself is tested on every CPU by the small fp16 tests."""
+    import pytest
+    if native_bf16() is False:
+        pytest.skip(f'{what}: this CPU has no native bf16 (dtype="auto" declines mixed precision here)')
+
+
+def learning_modes_for_auto(mode: str) -> None:
+    """The learning tests train with dtype='auto' (what a user gets on this CPU): bf16 where it is
+    native, the plain fp32 step elsewhere, where master and autocast are the same step and only
+    'master' runs."""
+    if mode == 'autocast':
+        skip_unless_native_bf16("dtype='auto' in autocast mode")
