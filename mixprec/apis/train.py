@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixprec.config import Config
+from mixprec.config import Config, cpu_winograd
 from mixprec.data import build_dataloader, build_dataset
 from mixprec.data.errors import DataError
 from mixprec.engine import (DistEvalHook, DistSamplerSeedHook, EvalHook, Runner, all_gather_object,
@@ -196,7 +196,7 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
                                            dist=distributed, shuffle=False)
 
     device = _select_device(cfg, distributed)
-    model = place_model(model, device)
+    model = place_model(model, device, winograd=cpu_winograd(cfg, path))
     auto_scale_lr(cfg, distributed, logger)
     with config_section(path, 'optimizer'):
         optimizer = build_optimizer(model, cfg.optimizer)

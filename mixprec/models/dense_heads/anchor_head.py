@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16, force_fp32
-from mixprec.models.task_modules.bbox_ops import batched_nms, check_gt_labels
+from mixprec.models.task_modules.bbox_ops import check_gt_labels
+from mixprec.ops import batched_nms
 from mixprec.registry import MODELS, TASK_UTILS
 
 # Losses that weigh every anchor themselves, so no sampling happens (mmdetection's rule).

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.models.backbones.layers import ConvModule, run_conv
+from mixprec.models.layers import ConvModule
 from mixprec.registry import MODELS
 
 from .anchor_head import AnchorHead, flatten_level, img_shapes, nms_per_image, scale_factors
@@ -72,7 +72,7 @@ class RetinaHead(AnchorHead):
         reg_feat = x
         for conv in self.reg_convs:
             reg_feat = conv(reg_feat)
-        return run_conv(self.retina_cls, cls_feat), run_conv(self.retina_reg, reg_feat)
+        return self.retina_cls(cls_feat), self.retina_reg(reg_feat)
 
     @force_fp32(apply_to=('cls_scores', 'bbox_preds'))
     def get_bboxes(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], img_metas: list[dict],

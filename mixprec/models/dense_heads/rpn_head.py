@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.models.backbones.layers import run_conv
 from mixprec.registry import MODELS
 
 from .anchor_head import AnchorHead, flatten_level, img_shapes, nms_per_image, scale_factors
@@ -52,7 +51,7 @@ class RPNHead(AnchorHead):
             nn.init.zeros_(conv.bias)
 
     def forward_single(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = F.relu(run_conv(self.rpn_conv, x), inplace=True)
+        x = F.relu(self.rpn_conv(x), inplace=True)
         return self.rpn_cls(x), self.rpn_reg(x)
 
     @force_fp32(apply_to=('cls_scores', 'bbox_preds'))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16
-from mixprec.models.backbones.layers import ConvModule
+from mixprec.models.layers import ConvModule
 from mixprec.registry import MODELS
 
 
