@@ -76,8 +76,9 @@ class _Pending(threading.local):
 _PENDING = _Pending()
 
 
-class FoldedBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that passes through the output of the convolution it was folded into."""
+class _PassesFoldedOutput:
+    """A norm's forward that returns the output its convolution folded it into as it is, and
+    normalises every other input as the norm class does."""
 
     def forward(self, x: Tensor) -> Tensor:
         ref = _PENDING.outputs.pop(id(self), None)
@@ -86,14 +87,12 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
-class FoldedSyncBatchNorm(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` that passes through the output of the convolution it was folded into."""
+class FoldedBatchNorm2d(_PassesFoldedOutput, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that :func:`fold_batchnorms` folded into the convolution before it."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        ref = _PENDING.outputs.pop(id(self), None)
-        if ref is not None and ref() is x:
-            return x
-        return super().forward(x)
+
+class FoldedSyncBatchNorm(_PassesFoldedOutput, nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that :func:`fold_batchnorms` folded into the convolution before it."""
 
 
 _FOLDED = {nn.BatchNorm2d: FoldedBatchNorm2d, nn.SyncBatchNorm: FoldedSyncBatchNorm}

@@ -52,10 +52,6 @@ class TwoStageDetector(BaseDetector):
     def with_rpn(self) -> bool:
         return hasattr(self, 'rpn_head')
 
-    @property
-    def with_roi_head(self) -> bool:
-        return hasattr(self, 'roi_head')
-
     def forward_train(self, img: Tensor, img_metas: list[dict], gt_bboxes: list[Tensor],
                       gt_labels: list[Tensor], gt_bboxes_ignore: Optional[list[Tensor]] = None,
                       gt_masks: Optional[list[Tensor]] = None,
