@@ -101,17 +101,17 @@ class Fp16OptimizerHook(HookBase):
                               + (f'; did you mean {", ".join(close)}?' if close else '')
                               + f' (valid: {", ".join(valid)})')
         if int(max_skipped_steps) < 1:
-            raise ValueError(f'Fp16OptimizerHook: max_skipped_steps must be >= 1, got {max_skipped_steps}')
+            raise ConfigError(f'Fp16OptimizerHook: max_skipped_steps must be >= 1, got {max_skipped_steps}')
         if fp32_modules is not None and (isinstance(fp32_modules, str) or
                                          not all(isinstance(n, str) for n in fp32_modules)):
             raise ConfigError(f'Fp16OptimizerHook: fp32_modules must be a list of module names, got '
                               f'{fp32_modules!r}')
         if mode not in MODES:
-            raise ValueError(f'Fp16OptimizerHook: mode must be one of {MODES}, got {mode!r}')
+            raise ConfigError(f'Fp16OptimizerHook: mode must be one of {MODES}, got {mode!r}')
         if grad_clip is not None and 'max_norm' not in grad_clip:
-            raise ValueError(f'Fp16OptimizerHook: grad_clip needs max_norm, got {grad_clip!r}')
+            raise ConfigError(f'Fp16OptimizerHook: grad_clip needs max_norm, got {grad_clip!r}')
         if int(cumulative_iters) < 1:
-            raise ValueError(f'Fp16OptimizerHook: cumulative_iters must be >= 1, got {cumulative_iters}')
+            raise ConfigError(f'Fp16OptimizerHook: cumulative_iters must be >= 1, got {cumulative_iters}')
         self.grad_clip = grad_clip
         self.mode = mode
         self.distributed = distributed

@@ -5,6 +5,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from mixprec.registry import ConfigError
+
 _NORM_TYPES = {'BN': ('bn', nn.BatchNorm2d), 'SyncBN': ('bn', nn.SyncBatchNorm), 'GN': ('gn', nn.GroupNorm)}
 
 
@@ -18,12 +20,12 @@ def build_norm_layer(cfg: dict, num_features: int, postfix: str = '') -> tuple[s
     cfg = dict(cfg)
     norm_type = cfg.pop('type', None)
     if norm_type not in _NORM_TYPES:
-        raise ValueError(f'norm_cfg type must be one of {sorted(_NORM_TYPES)}, got {norm_type!r}')
+        raise ConfigError(f'norm_cfg type must be one of {sorted(_NORM_TYPES)}, got {norm_type!r}')
     requires_grad = cfg.pop('requires_grad', True)
     abbr, layer_cls = _NORM_TYPES[norm_type]
     if norm_type == 'GN':
         if 'num_groups' not in cfg:
-            raise ValueError('norm_cfg type GN needs num_groups')
+            raise ConfigError('norm_cfg type GN needs num_groups')
         layer = layer_cls(num_channels=num_features, **cfg)
     else:
         layer = layer_cls(num_features, **cfg)
@@ -46,7 +48,7 @@ class ConvModule(nn.Module):
                  act_cfg: Optional[dict] = None, inplace: bool = True) -> None:
         super().__init__()
         if act_cfg is not None and act_cfg.get('type') != 'ReLU':
-            raise ValueError(f"ConvModule supports act_cfg=dict(type='ReLU') or None, got {act_cfg!r}")
+            raise ConfigError(f"ConvModule supports act_cfg=dict(type='ReLU') or None, got {act_cfg!r}")
         use_bias = norm_cfg is None if bias == 'auto' else bool(bias)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                               dilation=dilation, bias=use_bias)

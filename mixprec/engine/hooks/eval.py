@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mixprec.checkpoint import link_or_copy
-from mixprec.registry import HOOKS
+from mixprec.registry import HOOKS, ConfigError
 from ..rng import preserved_rng_state
 from .hook import Hook
 
@@ -32,7 +32,7 @@ class EvalHook(Hook):
     def __init__(self, dataloader, start: Optional[int] = None, interval: int = 1, by_epoch: bool = True,
                  save_best: Optional[str] = None, rule: Optional[str] = None, **eval_kwargs) -> None:
         if rule not in (None, 'greater', 'less'):
-            raise ValueError(f'evaluation.rule must be "greater" or "less", got {rule!r}')
+            raise ConfigError(f'evaluation.rule must be "greater" or "less", got {rule!r}')
         self.dataloader = dataloader
         self.start = start
         self.interval = interval
@@ -78,7 +78,7 @@ class EvalHook(Hook):
     def _keep_best(self, runner, metrics: dict) -> None:
         key = next(iter(metrics)) if self.save_best == 'auto' else self.save_best
         if key not in metrics:
-            raise KeyError(f'evaluation.save_best={key!r} is not among the metrics: {", ".join(metrics)}')
+            raise ConfigError(f'evaluation.save_best={key!r} is not among the metrics: {", ".join(metrics)}')
         score = float(metrics[key])
         rule = self.rule or ('less' if 'loss' in key else 'greater')
         better = self.best_score is None or (score > self.best_score if rule == 'greater' else score < self.best_score)

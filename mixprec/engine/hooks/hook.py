@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mixprec.fp16.hook_base import HookBase
+from mixprec.registry import ConfigError
 
 PRIORITIES = {
     'HIGHEST': 0, 'VERY_HIGH': 10, 'HIGH': 30, 'ABOVE_NORMAL': 40, 'NORMAL': 50,
@@ -13,7 +14,7 @@ def get_priority(priority: int | str) -> int:
     if isinstance(priority, int):
         return priority
     if priority not in PRIORITIES:
-        raise ValueError(f'hook priority must be an int or one of {", ".join(PRIORITIES)}, got {priority!r}')
+        raise ConfigError(f'hook priority must be an int or one of {", ".join(PRIORITIES)}, got {priority!r}')
     return PRIORITIES[priority]
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.registry import MODELS
+from mixprec.registry import MODELS, ConfigError
 
 from .anchor_head import AnchorHead, flatten_level, img_shapes, nms_per_image, scale_factors
 
@@ -29,7 +29,7 @@ class RPNHead(AnchorHead):
                  test_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None,
                  reg_decoded_bbox: bool = False) -> None:
         if init_cfg is not None:
-            raise ValueError('RPNHead initialises itself (normal std 0.01); init_cfg must be None')
+            raise ConfigError('RPNHead initialises itself (normal std 0.01); init_cfg must be None')
         super().__init__(
             num_classes=1, in_channels=in_channels, feat_channels=feat_channels,
             anchor_generator=anchor_generator or dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
