@@ -173,12 +173,17 @@ def test_backward_hooks_on_folded_and_functional_convs_still_fire():
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     model = folded(small_resnet().double())
     use_fast_convs(model)
+    expected_outs = [o.detach() for o in model(x)]
     conv = model.layer3[0].conv2  # folded with its frozen-statistics BatchNorm when unhooked
     grads_out = []
     conv.register_full_backward_hook(lambda mod, grad_in, grad_out: grads_out.append(grad_out[0]))
     feature = {}
-    conv.register_forward_hook(lambda mod, args, out: feature.setdefault('out', out))
+    conv.register_forward_hook(lambda mod, args, out: feature.update(feature or {'in': args[0], 'out': out}))
     outs = model(x)
+    for out, ref in zip(outs, expected_outs):  # hooked, the model computes what it computed unhooked
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    # the forward hook saw the conv's own output, not one with its norm folded in
+    torch.testing.assert_close(feature['out'], nn.functional.conv2d(feature['in'], conv.weight, None, conv.stride, 1))
     sum(o.sum() for o in outs).backward()
     assert len(grads_out) == 1 and grads_out[0].shape == feature['out'].shape
     # the hook saw the conv's own output gradient: d(sum of outputs)/d(conv output) via autograd

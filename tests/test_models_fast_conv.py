@@ -106,6 +106,53 @@ def test_a_folded_norm_normalises_every_tensor_but_its_conv_s_output(monkeypatch
     assert len(calls) == 1
 
 
+def test_a_conv_replaced_in_its_owner_folds_nothing_any_more():
+    pair = frozen_pair()
+    fold_batchnorms(pair)
+    old = pair[0]
+    pair[0] = nn.Conv2d(8, 8, 3, padding=1, bias=False)  # a layer swapped in after the pass
+    x = torch.randn(1, 8, 6, 6)
+    torch.testing.assert_close(old(x), F.conv2d(x, old.weight, None, 1, 1))  # used elsewhere: a plain conv
+    torch.testing.assert_close(pair(x), two_layers(pair, x))
+
+
+class ShiftedNorm(nn.BatchNorm2d):
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+@pytest.mark.parametrize('norm_class', [nn.BatchNorm2d, ShiftedNorm])
+def test_a_norm_swapped_in_after_the_pass_is_not_folded_into_the_linked_conv(norm_class):
+    pair = frozen_pair()
+    fold_batchnorms(pair)
+    new = norm_class(8).eval()
+    new.load_state_dict(pair[1].state_dict())
+    with torch.no_grad():
+        new.running_var.mul_(2)
+    pair[1] = new
+    x = torch.randn(1, 8, 6, 6)
+    expected = two_layers(pair, x) + (1 if norm_class is ShiftedNorm else 0)
+    torch.testing.assert_close(pair(x), expected)
+
+
+class DoubledBetween(nn.Sequential):
+    """A Sequential subclass with a forward of its own: its children's data flow is not Sequential's."""
+
+    def forward(self, x):
+        return self[1](2 * self[0](x))
+
+
+def test_only_a_plain_sequential_declares_its_conv_norm_children():
+    torch.manual_seed(0)
+    seq = randomise_(DoubledBetween(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))).eval()
+    assert fold_batchnorms(seq) == 0
+    x = torch.randn(1, 8, 6, 6)
+    conv, bn = seq
+    expected = F.batch_norm(2 * F.conv2d(x, conv.weight, None, 1, 1), bn.running_mean, bn.running_var, bn.weight,
+                            bn.bias, False, 0.0, bn.eps)
+    torch.testing.assert_close(seq(x), expected)
+
+
 def test_threads_sharing_a_model_each_get_their_own_fold():
     """Thread A's conv folds, thread B's conv and norm run, then A's norm: each norm sees its own output."""
     pair = frozen_pair()
