@@ -1,6 +1,8 @@
 """``HookBase``: the hook protocol, every stage a runner calls declared once; mmcv 1.x runners accept it.
 
-Each stage is a no-op here and a hook overrides those it needs. This project's runner calls them in
+Each stage is a no-op here and a hook overrides those it needs; as in mmcv 1.x's ``Hook``, the train
+and val stages also reach the generic ``before_epoch`` / ``after_epoch`` / ``before_iter`` /
+``after_iter``, so a hook written for mmcv 1.x runs unchanged. This project's runner calls them in
 priority order: ``before_run``; per train epoch ``before_train_epoch``, per iteration
 ``before_train_iter`` / ``after_train_iter``, ``after_train_epoch``; per val epoch of a ``workflow``
 ``before_val_epoch``, ``before_val_iter`` / ``after_val_iter``, ``after_val_epoch``; ``after_run``;
@@ -51,29 +53,41 @@ class HookBase(_mmcv1_hook() or object):
     def after_run(self, runner) -> None:
         pass
 
+    def before_epoch(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val epoch stages call it."""
+
+    def after_epoch(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val epoch stages call it."""
+
+    def before_iter(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val iteration stages call it."""
+
+    def after_iter(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val iteration stages call it."""
+
     def before_train_epoch(self, runner) -> None:
-        pass
+        self.before_epoch(runner)
 
     def after_train_epoch(self, runner) -> None:
-        pass
+        self.after_epoch(runner)
 
     def before_train_iter(self, runner) -> None:
-        pass
+        self.before_iter(runner)
 
     def after_train_iter(self, runner) -> None:
-        pass
+        self.after_iter(runner)
 
     def before_val_epoch(self, runner) -> None:
-        pass
+        self.before_epoch(runner)
 
     def after_val_epoch(self, runner) -> None:
-        pass
+        self.after_epoch(runner)
 
     def before_val_iter(self, runner) -> None:
-        pass
+        self.before_iter(runner)
 
     def after_val_iter(self, runner) -> None:
-        pass
+        self.after_iter(runner)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """``checkpoint`` (``meta``, ``state_dict``, ``optimizer``) may be changed before it is written."""

@@ -187,7 +187,8 @@ def use_fast_convs(model: nn.Module, winograd: bool = True) -> Counter:
             routes[module.route] += 1
     logger.info('fp32 CPU convolutions: %d may run as Winograd F(4x4, 3x3) (wide stride-1 3x3, from %d output '
                 'pixels), %d 1x1 on oneDNN, %d on PyTorch\'s kernel (cpu_winograd=%s); same numbers up to '
-                'float rounding', routes['winograd'], _winograd.MIN_OUTPUT_PIXELS, routes['onednn'], routes['pytorch'], winograd)
+                'float rounding', routes['winograd'], _winograd.MIN_OUTPUT_PIXELS, routes['onednn'],
+                routes['pytorch'], winograd)
     return routes
 
 
