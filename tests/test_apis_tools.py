@@ -1,7 +1,7 @@
-"""tools/test.py's mmdetection v2.28 flags, eval_metric.py, publish_model.py and --fuse-conv-bn, on a shapes model
-trained until it detects; each tool's output is checked against results computed here from the checkpoint."""
+"""tools/test.py's mmdetection v2.28 flags, eval_metric.py, publish_model.py and BatchNorm folding at inference
+(--fuse-conv-bn), on a shapes model trained until it detects; each tool's output is checked against results
+computed here from the checkpoint."""
 import argparse
-import copy
 import glob
 import hashlib
 import importlib.util
@@ -22,9 +22,9 @@ from torch import nn
 from helpers.tiny import ROOT
 from helpers.trained import gt_instances, model, reference, trained  # noqa: F401 (fixtures)
 from mixprec.apis import inference_detector, init_detector
-from mixprec.apis.fuse import fuse_conv_bn
-from mixprec.checkpoint import CheckpointError
+from mixprec.checkpoint import CheckpointError, load_checkpoint
 from mixprec.config import load_config
+from mixprec.models import build_detector
 from mixprec.registry import ConfigError
 from mixprec.visualization import show_result
 
@@ -173,18 +173,38 @@ def fp32_model(trained):
     return init_detector(cfg, trained.checkpoint, device='cpu')
 
 
-def test_fuse_conv_bn_keeps_the_outputs(trained, model, one_thread):
-    unfused = fp32_model(trained)
-    fused = fuse_conv_bn(copy.deepcopy(unfused))
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+def unfolded_fp32_model(trained):
+    """The fp32 model as ``init_detector`` builds it, without ``place_model``'s passes: every BatchNorm runs."""
+    cfg = load_config(trained.config)
+    cfg.pop('fp16')
+    model = build_detector(dict(cfg.model, backbone=dict(cfg.model.backbone, init_cfg=None)))
+    ckpt = load_checkpoint(model, trained.checkpoint, map_location='cpu', strict=True)
+    model.cfg, model.CLASSES = cfg, tuple(ckpt['meta']['CLASSES'])
+    return model.eval()
+
+
+def count_batch_norm_calls(monkeypatch) -> list:
+    calls = []
+    real = torch.nn.modules.batchnorm.F.batch_norm
+    monkeypatch.setattr(torch.nn.modules.batchnorm.F, 'batch_norm', lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_inference_folds_every_batchnorm_and_keeps_the_outputs(trained, model, one_thread, monkeypatch):
+    unfused = unfolded_fp32_model(trained)
+    fused = fp32_model(trained)  # init_detector: place_model folds each BatchNorm into its conv
     assert sum(isinstance(m, nn.BatchNorm2d) for m in unfused.modules()) == 20  # ResNet-18 has 20 BNs
+    calls = count_batch_norm_calls(monkeypatch)
     path = gt_instances(trained)[2][0]
     # BN in inference mode is affine per channel: the folded convolution gives the same features
     img = torch.from_numpy(mmcv.imnormalize(mmcv.imread(path).astype(np.float32), np.array([123.675, 116.28, 103.53]),
                                             np.array([58.395, 57.12, 57.375]), True)).permute(2, 0, 1)[None]
     with torch.no_grad():
-        for a, b in zip(unfused.extract_feat(img), fused.extract_feat(img)):
+        features = fused.extract_feat(img)
+        assert calls == []  # not one BatchNorm ran as a layer
+        for a, b in zip(unfused.extract_feat(img), features):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
+        assert len(calls) == 20
     ref, res = inference_detector(unfused, path), inference_detector(fused, path)
     assert [len(r) for r in ref] == [len(r) for r in res]
     assert all(np.allclose(r, s, atol=1e-2) for r, s in zip(ref, res))
@@ -192,9 +212,9 @@ def test_fuse_conv_bn_keeps_the_outputs(trained, model, one_thread):
 
 def test_test_tool_fuse_conv_bn(trained, tmp_path, one_thread):
     out = str(tmp_path / 'fused.pkl')
-    # fp32 (fp16=None): the fused run must give the unfused model's detections
+    # fp32 (fp16=None): the fused run (mmdetection's flag; folding is always on) gives the unfused model's detections
     TEST.main([trained.config, trained.checkpoint, '--out', out, '--fuse-conv-bn', '--cfg-options', 'fp16=None'])
-    unfused = fp32_model(trained)
+    unfused = unfolded_fp32_model(trained)
     for result, (path, _, _) in zip(pickle.load(open(out, 'rb')), gt_instances(trained)):
         ref = inference_detector(unfused, path)
         assert [len(r) for r in ref] == [len(r) for r in result]

@@ -172,3 +172,12 @@ def test_wrap_with_auto_leaves_the_model_where_declined(monkeypatch, fresh_probe
     fake_cpu(monkeypatch, amx=True)
     model = wrap_fp16_model(TinyNet(), 'auto')
     assert model.conv1.weight.dtype is BF16 and model.fp16_enabled
+
+
+def test_the_probe_leaves_the_global_random_state_as_it_was():
+    """A resumed run restores the random state before the hook's before_run probes the CPU: a probe
+    that drew from it would shift every random number after it (a resume would not be bit-exact)."""
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    precision.probe_conv_speedup(torch.bfloat16, rounds=1)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -8,8 +8,9 @@ from torchvision.ops import batched_nms as tv_batched_nms
 from torchvision.ops import nms as tv_nms
 
 from mixprec.models.task_modules import (AnchorGenerator, DeltaXYWHBBoxCoder, MaxIoUAssigner,
-                                         PseudoSampler, RandomSampler, batched_nms, bbox2result,
-                                         bbox2roi, bbox_overlaps, multiclass_nms)
+                                         PseudoSampler, RandomSampler, bbox2result, bbox2roi, bbox_overlaps,
+                                         multiclass_nms)
+from mixprec.ops import batched_nms
 from mixprec.registry import TASK_UTILS
 
 

@@ -1,20 +1,27 @@
-"""A BatchNorm with frozen statistics folded into its convolution (``conv_norm``): the same numbers
-and gradients as the two layers, less memory kept for backward, and the two layers again wherever
-folding would change behaviour (statistics that train, forward and backward hooks, global ones too,
-a user's conv or norm subclass with its own forward)."""
+"""A BatchNorm with frozen statistics folded into its convolution (``fold_batchnorms``, the pass that
+``place_model`` runs): the same numbers and gradients as the two layers, less memory kept for backward,
+and the two layers again wherever folding would change behaviour (statistics that train, forward and
+backward hooks, global ones too, a user's conv or norm subclass with its own forward)."""
 import pytest
 import torch
 from torch import nn
 
 from mixprec.fp16 import wrap_fp16_model
-from mixprec.models.backbones.layers import ConvModule, run_conv
 from mixprec.models.backbones.resnet import ResNet
+from mixprec.models.fast_conv import fold_batchnorms, use_fast_convs
+from mixprec.models.layers import ConvModule
 from test_models_c_backbones import randomise_
 
 
 def small_resnet(**kwargs) -> ResNet:
+    """A ResNet-50 as the model code builds it: no pass has run, every norm is a layer of its own."""
     torch.manual_seed(0)
     return randomise_(ResNet(50, base_channels=8, **dict(dict(frozen_stages=1, norm_eval=True), **kwargs)).train())
+
+
+def folded(model: nn.Module) -> nn.Module:
+    fold_batchnorms(model)
+    return model
 
 
 def outputs_and_grads(model: nn.Module, x: torch.Tensor, upstream: list) -> tuple[list, dict]:
@@ -45,11 +52,11 @@ def hook_every_norm(model: nn.Module) -> list:
 
 def test_folded_resnet_equals_conv_then_norm_in_float64_with_less_memory():
     x = torch.randn(2, 3, 160, 128, dtype=torch.float64)
-    folded = small_resnet().double()
+    model = folded(small_resnet().double())
     unfolded = small_resnet().double()
-    calls = hook_every_norm(unfolded)  # a forward hook on a norm keeps it a layer of its own
-    upstream = [torch.randn(o.shape, dtype=torch.float64) for o in folded(x)]
-    outs, grads = outputs_and_grads(folded, x, upstream)
+    calls = hook_every_norm(unfolded)
+    upstream = [torch.randn(o.shape, dtype=torch.float64) for o in model(x)]
+    outs, grads = outputs_and_grads(model, x, upstream)
     ref_outs, ref_grads = outputs_and_grads(unfolded, x, upstream)
     assert len(calls) == sum(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules())
     for out, ref in zip(outs, ref_outs):
@@ -58,11 +65,11 @@ def test_folded_resnet_equals_conv_then_norm_in_float64_with_less_memory():
     for name, ref in ref_grads.items():
         torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12, msg=name)
     # the folded layers keep only the convolutions' inputs (and small weights) for backward
-    assert saved_bytes(folded, x) < 0.75 * saved_bytes(unfolded, x)
+    assert saved_bytes(model, x) < 0.75 * saved_bytes(unfolded, x)
 
 
 def test_norms_that_train_their_statistics_are_not_folded():
-    model = small_resnet(norm_eval=False)
+    model = folded(small_resnet(norm_eval=False))
     before = model.layer2[0].bn1.running_mean.clone()
     model(torch.randn(2, 3, 32, 32))
     assert not torch.equal(model.layer2[0].bn1.running_mean, before)
@@ -72,14 +79,17 @@ def test_norms_that_train_their_statistics_are_not_folded():
     assert torch.equal(model.layer2[0].bn1.running_mean, after)
 
 
-def test_conv_module_with_bn_folds_in_eval_and_half_models_stay_close():
+def test_conv_module_with_bn_folds_in_eval_and_half_models_stay_close(monkeypatch):
     torch.manual_seed(1)
     module = randomise_(ConvModule(4, 6, 3, padding=1, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))).eval()
     x = torch.randn(2, 4, 10, 10)
     expected = torch.relu(module.bn(module.conv(x)))
+    assert fold_batchnorms(module) == 1
+    calls = count_batch_norm_calls(monkeypatch)
     torch.testing.assert_close(module(x), expected)
+    assert calls == []
     # master mode: bf16 convolution weights, fp32 norm; the folded weight is rounded once to bf16
-    model = small_resnet()
+    model = folded(small_resnet())
     ref = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
     wrap_fp16_model(model, torch.bfloat16, 'master')
     half = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)).bfloat16())
@@ -105,20 +115,19 @@ def test_bf16_training_folds_only_norms_whose_affine_is_frozen(monkeypatch):
     ones (caffe-style requires_grad=False) fold, no further from fp32 than conv + norm in bf16."""
     calls = count_batch_norm_calls(monkeypatch)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    trainable = small_resnet()
+    trainable = folded(small_resnet())
     with torch.autocast('cpu', dtype=torch.bfloat16):
         trainable(x)
     frozen_stage_norms = 1 + sum(isinstance(m, nn.BatchNorm2d) for m in trainable.layer1.modules())
     assert len(calls) == sum(isinstance(m, nn.BatchNorm2d) for m in trainable.modules()) - frozen_stage_norms
     calls.clear()
     frozen_affine = dict(norm_cfg=dict(type='BN', requires_grad=False))
-    folded, unfolded, ref_model = small_resnet(**frozen_affine), small_resnet(**frozen_affine), small_resnet(**frozen_affine)
-    hook_every_norm(unfolded)
+    model, unfolded, ref_model = folded(small_resnet(**frozen_affine)), small_resnet(**frozen_affine), small_resnet(**frozen_affine)
     upstream = [torch.randn(o.shape) for o in ref_model(x)]
     _, ref_grads = outputs_and_grads(ref_model, x, upstream)
     calls.clear()
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        outs, grads = outputs_and_grads(folded, x, upstream)
+        outs, grads = outputs_and_grads(model, x, upstream)
         assert calls == []
         _, bf16_grads = outputs_and_grads(unfolded, x, upstream)
     assert all(out.dtype == torch.bfloat16 for out in outs)
@@ -132,36 +141,49 @@ def test_fp32_1x1_convolutions_on_the_cpu_go_to_onednn_with_the_same_numbers(mon
     real = torch.mkldnn_convolution
     monkeypatch.setattr(torch, 'mkldnn_convolution', lambda *args: calls.append(args[1].shape) or real(*args))
     torch.manual_seed(4)
-    lateral = ConvModule(16, 8, 1)  # an FPN lateral: 1x1 with bias, no norm
+    lateral = ConvModule(16, 16, 1)  # an FPN lateral: 1x1 with bias, no norm
+    assert use_fast_convs(lateral) == {'onednn': 1}
     x = torch.randn(2, 16, 12, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
     out = lateral(x)
     expected = torch.nn.functional.conv2d(x, lateral.conv.weight, lateral.conv.bias)
     torch.testing.assert_close(out, expected)
-    assert calls == [(8, 16, 1, 1)]
+    assert calls == [(16, 16, 1, 1)]
     grads = torch.autograd.grad(out.sum(), [x, lateral.conv.weight, lateral.conv.bias])
     expected_grads = torch.autograd.grad(expected.sum(), [x, lateral.conv.weight, lateral.conv.bias])
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e)
-    # a 3x3, a hooked conv and autocast keep PyTorch's own dispatch
-    ConvModule(16, 8, 3, padding=1)(x)
-    lateral.conv.register_forward_hook(lambda *args: None)
-    lateral(x)
+    # a 3x3, a narrow 1x1 (an RPN classifier), autocast and a model without the pass keep PyTorch's own dispatch
+    for module in (ConvModule(16, 8, 3, padding=1), ConvModule(16, 8, 1)):
+        assert use_fast_convs(module) == {'pytorch': 1}
+        module(x)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert ConvModule(16, 8, 1)(x).dtype == torch.bfloat16
-    assert calls == [(8, 16, 1, 1)]
+        assert lateral(x).dtype == torch.bfloat16
+    ConvModule(16, 16, 1)(x)
+    assert calls == [(16, 16, 1, 1)]
+    # a hooked conv still runs as its module: the hook sees the output the route computed
+    seen = []
+    lateral.conv.register_forward_hook(lambda mod, args, output: seen.append(output))
+    torch.testing.assert_close(lateral(x), expected)
+    assert calls == [(16, 16, 1, 1)] * 2 and len(seen) == 1 and torch.equal(seen[0], lateral(x))
 
 
 def test_backward_hooks_on_folded_and_functional_convs_still_fire():
     """Grad-CAM-style tools hook a conv's backward; folding (and the functional RPN / head convs) must
     not skip them, nor the global module hooks that profilers and debuggers register."""
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
-    model = small_resnet().double()
+    model = folded(small_resnet().double())
+    use_fast_convs(model)
+    expected_outs = [o.detach() for o in model(x)]
     conv = model.layer3[0].conv2  # folded with its frozen-statistics BatchNorm when unhooked
     grads_out = []
     conv.register_full_backward_hook(lambda mod, grad_in, grad_out: grads_out.append(grad_out[0]))
     feature = {}
-    conv.register_forward_hook(lambda mod, args, out: feature.setdefault('out', out))
+    conv.register_forward_hook(lambda mod, args, out: feature.update(feature or {'in': args[0], 'out': out}))
     outs = model(x)
+    for out, ref in zip(outs, expected_outs):  # hooked, the model computes what it computed unhooked
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    # the forward hook saw the conv's own output, not one with its norm folded in
+    torch.testing.assert_close(feature['out'], nn.functional.conv2d(feature['in'], conv.weight, None, conv.stride, 1))
     sum(o.sum() for o in outs).backward()
     assert len(grads_out) == 1 and grads_out[0].shape == feature['out'].shape
     # the hook saw the conv's own output gradient: d(sum of outputs)/d(conv output) via autograd
@@ -171,10 +193,11 @@ def test_backward_hooks_on_folded_and_functional_convs_still_fire():
     expected, = torch.autograd.grad(sum(o.sum() for o in outs), feature['out'])
     torch.testing.assert_close(grads_out[0], expected)
 
-    head = nn.Conv2d(16, 16, 3, padding=1)  # as the RPN conv and RetinaNet's outputs call it
+    head = nn.Conv2d(16, 16, 3, padding=1)  # the RPN conv, RetinaNet's outputs
+    use_fast_convs(head)
     pre = []
     head.register_full_backward_pre_hook(lambda mod, grad_out: pre.append(grad_out[0].shape))
-    run_conv(head, torch.randn(1, 16, 8, 8, requires_grad=True)).sum().backward()
+    head(torch.randn(1, 16, 8, 8, requires_grad=True)).sum().backward()
     assert pre == [(1, 16, 8, 8)]
 
     seen = []
@@ -217,11 +240,15 @@ def swapped_in(model: ResNet, conv_class: type, norm_class: type) -> ResNet:
     return model
 
 
+@pytest.mark.parametrize('swap', ['before the pass', 'after the pass'])
 @pytest.mark.parametrize('conv_class, norm_class', [(DoubledConv, nn.BatchNorm2d), (nn.Conv2d, ShiftedFrozenNorm),
                                                     (DoubledConv, ShiftedFrozenNorm)])
-def test_conv_and_norm_subclasses_keep_their_own_forward(conv_class, norm_class):
+def test_conv_and_norm_subclasses_keep_their_own_forward(conv_class, norm_class, swap):
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
-    model = swapped_in(small_resnet().double(), conv_class, norm_class)
+    if swap == 'before the pass':
+        model = folded(swapped_in(small_resnet().double(), conv_class, norm_class))
+    else:
+        model = swapped_in(folded(small_resnet().double()), conv_class, norm_class)
     DoubledConv.calls = ShiftedFrozenNorm.calls = 0
     outs = model(x)
     assert DoubledConv.calls == (conv_class is DoubledConv)
@@ -250,9 +277,8 @@ def gradient_penalty_grads(model: nn.Module, x: torch.Tensor) -> dict:
 
 def test_double_backward_through_folded_convs_equals_the_two_layers():
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
-    folded, unfolded = small_resnet().double(), small_resnet().double()
-    hook_every_norm(unfolded)
-    grads, ref = gradient_penalty_grads(folded, x), gradient_penalty_grads(unfolded, x)
+    model, unfolded = folded(small_resnet().double()), small_resnet().double()
+    grads, ref = gradient_penalty_grads(model, x), gradient_penalty_grads(unfolded, x)
     assert grads.keys() == ref.keys() and any(k.endswith('bn2.weight') for k in grads)
     for name, value in ref.items():
         torch.testing.assert_close(grads[name], value, rtol=1e-8, atol=1e-12, msg=name)
@@ -267,7 +293,7 @@ class CountedSequential(nn.Sequential):
 
 
 def test_a_downsample_sequential_subclass_keeps_its_forward():
-    model = small_resnet()
+    model = folded(small_resnet())
     block = model.layer2[0]
     block.downsample = CountedSequential(*block.downsample)
     CountedSequential.calls = 0

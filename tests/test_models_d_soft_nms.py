@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mixprec.models.task_modules.bbox_ops import batched_nms, multiclass_nms, soft_nms
+from mixprec.models.task_modules.bbox_ops import multiclass_nms
+from mixprec.ops import batched_nms, soft_nms
 from mixprec.registry import MODELS
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mixprec.models import place_model
-from mixprec.models.backbones.layers import conv_norm, folds_with_trainable_gamma
+from mixprec.models.fast_conv import folds_with_trainable_gamma
 
 
 def _net() -> nn.Module:
@@ -37,11 +37,16 @@ def test_folding_a_norm_whose_gamma_trains_is_decided_per_device_not_per_precisi
 @pytest.mark.parametrize('dtype, gamma_trains, folded', [
     (torch.float32, True, True), (torch.bfloat16, True, False),
     (torch.float32, False, True), (torch.bfloat16, False, True)])
-def test_conv_norm_on_the_cpu_follows_the_decision(dtype, gamma_trains, folded):
+def test_a_placed_conv_and_norm_on_the_cpu_follow_the_decision(dtype, gamma_trains, folded):
     torch.manual_seed(0)
-    conv, norm = nn.Conv2d(3, 4, 3, bias=False).to(dtype), nn.BatchNorm2d(4).eval()
-    norm.weight.requires_grad_(gamma_trains)
+    pair = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    reference.load_state_dict(pair.state_dict())
+    place_model(pair, 'cpu')
+    pair[0].to(dtype)
+    pair.eval()
+    pair[1].weight.requires_grad_(gamma_trains)
     x = torch.randn(1, 3, 8, 8, dtype=dtype, requires_grad=True)
-    out = conv_norm(conv, norm, x)
-    assert (type(out.grad_fn).__name__ == '_FoldedConvBackward') == folded, out.grad_fn
-    torch.testing.assert_close(out.float(), norm(conv(x).float()).float(), rtol=2e-2, atol=2e-2)
+    out = pair(x)
+    assert (type(out.grad_fn).__name__ == '_ScaledConvBackward') == folded, out.grad_fn
+    torch.testing.assert_close(out.float(), reference.eval()(x.float()), rtol=2e-2, atol=2e-2)

@@ -1,9 +1,16 @@
-"""The sparse RoIAlign equals torchvision's roi_align, values and gradients, on one level and on a pyramid."""
+"""RoIAlign on the CPU (a sparse product) equals torchvision's roi_align, values and gradients, on one level and
+on a pyramid."""
 import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-from mixprec.models.task_modules.roi_align import roi_align_levels, sparse_roi_align
+from mixprec.ops import roi_align_levels
+
+
+def one_level(features, rois, output_size, spatial_scale, sampling_ratio=0, aligned=True):
+    """torchvision's ``roi_align`` signature through the pyramid entry point, every RoI on one level."""
+    levels = torch.zeros(rois.size(0), dtype=torch.long)
+    return roi_align_levels([features], rois, levels, output_size, [spatial_scale], sampling_ratio, aligned)
 
 
 def random_rois(n, num_imgs, size, gen):
@@ -21,7 +28,7 @@ def test_matches_torchvision(sampling_ratio, aligned):
     feats = torch.randn(3, 5, 12, 17, generator=gen, requires_grad=True)
     rois = random_rois(40, 3, 68, gen)
     expected = tv_roi_align(feats, rois, (7, 7), 0.25, sampling_ratio, aligned)
-    got = sparse_roi_align(feats, rois, (7, 7), 0.25, sampling_ratio, aligned)
+    got = one_level(feats, rois, (7, 7), 0.25, sampling_ratio, aligned)
     assert torch.allclose(got, expected, atol=1e-5)
     grad = torch.randn(expected.shape, generator=gen)
     g_expected, = torch.autograd.grad(expected, feats, grad)
@@ -69,7 +76,7 @@ def test_half_features_are_pooled_in_fp32_and_get_half_gradients():
 
 def test_no_rois_and_inference():
     feats = torch.randn(1, 2, 8, 8, requires_grad=True)
-    assert sparse_roi_align(feats, torch.zeros(0, 5), (7, 7), 1.0).shape == (0, 2, 7, 7)
+    assert one_level(feats, torch.zeros(0, 5), (7, 7), 1.0).shape == (0, 2, 7, 7)
     rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
     with torch.no_grad():  # inference takes the same sparse path (faster than the kernel on the CPU)
         got = roi_align_levels([feats], rois, torch.zeros(2, dtype=torch.long), (2, 2), [1.0])

@@ -1,6 +1,6 @@
-"""fp32 3x3 convolutions as Winograd F(4x4, 3x3) (``winograd``): the direct convolution's values
-and gradients to float rounding, in every block layout and at sizes that are not whole tiles, and
-reached from the layers, heads and folded norms exactly where it applies."""
+"""fp32 3x3 convolutions as Winograd F(4x4, 3x3) (``mixprec.ops.winograd``): the direct convolution's
+values and gradients to float rounding, in every block layout and at sizes that are not whole tiles,
+and reached from the layers, heads and folded norms exactly where it applies and the switch allows."""
 import copy
 
 import pytest
@@ -8,8 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixprec.models.backbones import layers, winograd
-from mixprec.models.backbones.layers import ConvModule, conv_norm, run_conv
+from mixprec.config import Config, cpu_winograd
+from mixprec.models import place_model
+from mixprec.models.fast_conv import fold_batchnorms, use_fast_convs
+from mixprec.models.layers import ConvModule
+from mixprec.ops import conv as conv_ops
+from mixprec.ops import winograd
+from mixprec.registry import ConfigError
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -84,16 +89,22 @@ def test_winograd_applies_only_to_wide_fp32_stride_1_3x3_convolutions_on_large_e
     assert not winograd.applies(small, w, *args)  # 256 outputs: too few tiles
 
 
-def test_the_environment_switches_winograd_off_and_rejects_other_values(monkeypatch):
+def test_the_config_switches_winograd_off_and_rejects_other_values(monkeypatch):
+    calls = count_winograd_calls(monkeypatch)
     x = torch.randn(2, 128, 32, 32).contiguous(memory_format=torch.channels_last)
-    w, args = torch.randn(128, 128, 3, 3), ((1, 1), (1, 1), (1, 1), 1)
-    monkeypatch.setenv('MIXPREC_WINOGRAD', '0')
-    assert not winograd.applies(x, w, *args)
-    monkeypatch.setenv('MIXPREC_WINOGRAD', '1')
-    assert winograd.applies(x, w, *args)
-    monkeypatch.setenv('MIXPREC_WINOGRAD', 'off')
-    with pytest.raises(ValueError, match="MIXPREC_WINOGRAD='off': expected '0' or '1'"):
-        winograd.applies(x, w, *args)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    place_model(conv, 'cpu', winograd=cpu_winograd(Config(dict(cpu_winograd=False)), 'cfg.py'))
+    assert conv.route == 'pytorch'
+    conv(x)
+    assert calls == []
+    place_model(conv, 'cpu', winograd=cpu_winograd(Config(dict()), 'cfg.py'))  # the default: on
+    assert conv.route == 'winograd'
+    conv(x)
+    assert calls == [(128, 128, 3, 3)]
+    with pytest.raises(ConfigError, match=r"^cfg\.py: cpu_winograd must be True or False, got str 'off'$"):
+        cpu_winograd(Config(dict(cpu_winograd='off')), 'cfg.py')
+    with pytest.raises(TypeError, match="winograd must be True or False, got 0"):
+        use_fast_convs(conv, winograd=0)
 
 
 def count_winograd_calls(monkeypatch) -> list:
@@ -115,20 +126,26 @@ def test_conv_module_rpn_style_and_hooked_convs_reach_winograd_only_where_it_app
     torch.manual_seed(1)
     x = torch.randn(1, 128, 40, 36).contiguous(memory_format=torch.channels_last).requires_grad_()
     module = ConvModule(128, 128, 3, padding=1)  # an FPN output conv
+    module(x)
+    assert calls == []  # a model the pass has not seen runs PyTorch's convolutions
+    assert use_fast_convs(module) == {'winograd': 1}
     out = module(x)
     ref = F.conv2d(x.double(), module.conv.weight.double(), module.conv.bias.double(), padding=1)
     assert calls == [(128, 128, 3, 3)] and relative_error(out, ref) < 2e-5
     plain = nn.Conv2d(128, 128, 3, padding=1)  # the RPN conv, RetinaNet's outputs, the mask head's convs
-    assert relative_error(run_conv(plain, x), F.conv2d(x.double(), plain.weight.double(),
-                                                      plain.bias.double(), padding=1)) < 2e-5
+    use_fast_convs(plain)
+    assert relative_error(plain(x), F.conv2d(x.double(), plain.weight.double(), plain.bias.double(), padding=1)) < 2e-5
     assert len(calls) == 2
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert module(x).dtype == torch.bfloat16
-    ConvModule(128, 128, 3, stride=2, padding=1)(x)
+    strided = ConvModule(128, 128, 3, stride=2, padding=1)
+    assert use_fast_convs(strided) == {'pytorch': 1}
+    strided(x)
+    assert len(calls) == 2
     seen = []
-    plain.register_forward_hook(lambda mod, args, output: seen.append(output.shape))
-    run_conv(plain, x)  # a user's forward hook still sees its module run
-    assert len(calls) == 2 and seen == [(1, 128, 40, 36)]
+    plain.register_forward_hook(lambda mod, args, output: seen.append(output))
+    out = plain(x)  # a user's forward hook sees its module run, and the output it returned
+    assert len(calls) == 3 and len(seen) == 1 and seen[0] is out
 
 
 def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypatch):
@@ -144,7 +161,9 @@ def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypat
         norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
     x = torch.randn(1, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
     upstream = torch.randn(1, 128, 32, 32)
-    out = conv_norm(conv, norm, x)
+    pair = nn.Sequential(conv, norm)  # as ResNet's downsample, or a declared conv -> norm pair
+    assert fold_batchnorms(pair) == 1 and use_fast_convs(pair) == {'winograd': 1}
+    out = pair(x)
     grads = torch.autograd.grad(out, [x, conv.weight, norm.weight, norm.bias], upstream)
     assert calls == [(128, 128, 3, 3)] and backward_calls == [1]  # inside the fold's own autograd Function
     conv64, norm64 = copy.deepcopy(conv).double(), copy.deepcopy(norm).double()
@@ -155,7 +174,7 @@ def test_folded_frozen_norm_goes_through_winograd_forward_and_backward(monkeypat
     for grad, ref_grad in zip(grads, ref_grads):
         assert relative_error(grad, ref_grad) < 2e-5
     # a gradient penalty through the fold: differentiable again, PyTorch's backward inside
-    grad_x, = torch.autograd.grad(conv_norm(conv, norm, x).pow(2).sum(), x, create_graph=True)
+    grad_x, = torch.autograd.grad(pair(x).pow(2).sum(), x, create_graph=True)
     assert backward_calls == [1]
     penalty = torch.autograd.grad(grad_x.pow(2).sum(), [conv.weight, norm.weight])
     grad64, = torch.autograd.grad(norm64(conv64(x64)).pow(2).sum(), x64, create_graph=True)
@@ -178,7 +197,7 @@ def test_fp32_conv2d_outside_the_cpu_float32_case_is_pytorch_s(monkeypatch):
     calls = count_winograd_calls(monkeypatch)
     x = torch.randn(1, 128, 32, 32, dtype=torch.float64)
     w = torch.randn(128, 128, 3, 3, dtype=torch.float64)
-    torch.testing.assert_close(layers.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1),
+    torch.testing.assert_close(conv_ops.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1, route='winograd'),
                                F.conv2d(x, w, padding=1), rtol=0, atol=0)
     assert calls == []
 
@@ -201,7 +220,7 @@ def test_double_backward_through_a_winograd_convolution(monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(1, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
     weight = torch.randn(128, 128, 3, 3, requires_grad=True)
-    out = layers.conv2d(x, weight, None, (1, 1), (1, 1), (1, 1), 1)
+    out = conv_ops.conv2d(x, weight, None, (1, 1), (1, 1), (1, 1), 1, route='winograd')
     assert calls == [(128, 128, 3, 3)]
     torch.autograd.grad(out.sum(), x, retain_graph=True)
     assert backward_calls == [1]  # a plain backward stays in the Winograd domain

@@ -1,7 +1,7 @@
 """3x3 stride-1 convolutions as Winograd F(4x4, 3x3) for fp32 on the CPU.
 
 A direct 3x3 convolution costs 9 multiply-adds per input channel, output channel and output pixel;
-oneDNN already runs it at this CPU's fp32 peak, so the only way to make it faster is to do less
+oneDNN already runs it near the CPU's fp32 peak, so the only way to make it faster is to do less
 arithmetic. Winograd's minimal filtering algorithm (Lavin & Gray, "Fast Algorithms for
 Convolutional Neural Networks", 2015) computes each 4x4 output tile from a 6x6 input tile with 36
 multiplications per channel pair instead of 144: the input tile d and the filter g are mapped to
@@ -15,13 +15,16 @@ is the same kind of convolution of the output gradient with the flipped, transpo
 filter gradient is G^T (sum over tiles of (A dY A^T) * V) G, the adjoint of the forward map, again
 36 matrix products. Results equal the direct convolution up to float rounding (the transforms'
 coefficients, up to 5 and 1/24, make it a few times larger than the direct sum's; the tests bound it).
+
+The operator is :func:`conv3x3`; :func:`mixprec.ops.conv.conv2d` sends a convolution here where
+:func:`applies` says it pays, and ``place_model`` decides once which convolutions may (the
+``cpu_winograd`` config key).
 """
 from __future__ import annotations
 
 import functools
-import os
 import threading
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -55,30 +58,28 @@ def _matrices() -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.kron(m, m).float() for m in (bt, g, at))
 
 
-SWITCH_ENV = 'MIXPREC_WINOGRAD'
+MIN_CHANNELS = 128  # narrower convolutions: the transforms cost more than the products save
+MIN_OUTPUT_PIXELS = 1024  # N * H * W; fewer tiles: the same
 
 
-def enabled() -> bool:
-    """``$MIXPREC_WINOGRAD``: '1' (the default) or '0' (every convolution direct, e.g. to compare)."""
-    value = os.environ.get(SWITCH_ENV, '1')
-    if value not in ('0', '1'):
-        raise ValueError(f"{SWITCH_ENV}={value!r}: expected '0' or '1'")
-    return value == '1'
+def eligible(weight_shape: Sequence[int], stride, padding, dilation, groups: int) -> bool:
+    """Whether a convolution of this configuration can run as Winograd F(4x4, 3x3): a 3x3 kernel
+    with stride 1, padding 1, no dilation or groups, at least ``MIN_CHANNELS`` in and out."""
+    return (len(weight_shape) == 4 and tuple(weight_shape[-2:]) == (3, 3) and groups == 1
+            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
+            and min(weight_shape[:2]) >= MIN_CHANNELS)
 
 
 def applies(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
-    """Whether ``F.conv2d(x, weight, ...)`` is a fp32 CPU 3x3 convolution with stride 1, padding 1,
-    no dilation or groups, wide and large enough for the Winograd form to be the faster one
-    (measured here: from 128 channels and 1024 output pixels), whose direct result would be
-    channels_last as the Winograd one is (x or the weight channels_last, as ``place_model`` leaves
-    them: an NCHW model keeps NCHW outputs, which its code may ``view``), and Winograd is not off."""
+    """Whether ``F.conv2d(x, weight, ...)`` runs faster here as Winograd with the same result: an
+    :func:`eligible` fp32 CPU convolution with at least ``MIN_OUTPUT_PIXELS`` output pixels, whose
+    direct result would be channels_last as the Winograd one is (x or the weight channels_last,
+    as ``place_model`` leaves them: an NCHW model keeps NCHW outputs, which its code may ``view``)."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 4 and weight.shape[-2:] == (3, 3) and groups == 1
-            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
-            and min(weight.shape[:2]) >= 128 and x.shape[0] * x.shape[-2] * x.shape[-1] >= 1024
+            and x.dim() == 4 and eligible(weight.shape, stride, padding, dilation, groups)
+            and x.shape[0] * x.shape[-2] * x.shape[-1] >= MIN_OUTPUT_PIXELS
             and (x.is_contiguous(memory_format=torch.channels_last)
-                 or weight.is_contiguous(memory_format=torch.channels_last))
-            and enabled())
+                 or weight.is_contiguous(memory_format=torch.channels_last)))
 
 
 def _filter_transform(weight: Tensor, adjoint: bool, taps: Tensor, out: Tensor) -> Tensor:
@@ -102,10 +103,10 @@ class _Scratch(threading.local):
     """A float32 buffer each thread reuses for the transforms' temporaries.
 
     Allocated afresh for every block (thousands a step, megabytes each), they fragmented the heap
-    between the activations: a Mask R-CNN fp32 step's peak RSS grew by about 150 MB although no more
-    tensors were alive at once. The buffer is at least ``_MAPPED_FLOATS`` so that malloc maps it
-    outside the heap (glibc's mmap threshold is at most 32 MB); pages it never touches cost no
-    memory. A smaller one, grown on demand inside the heap, still left about 100 MB of holes.
+    between the activations, growing the peak memory although no more tensors were alive at once.
+    The buffer is at least ``_MAPPED_FLOATS`` so that malloc maps it outside the heap (glibc's mmap
+    threshold is at most 32 MB); pages it never touches cost no memory. A smaller one, grown on
+    demand inside the heap, still left holes.
     """
     buffer: Optional[Tensor] = None
 

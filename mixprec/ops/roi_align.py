@@ -1,4 +1,5 @@
-"""RoIAlign as a sparse weighted sum over the pyramid's pixels, for fast training and inference on the CPU.
+"""RoIAlign of each RoI on its pyramid level (:func:`roi_align_levels`): a sparse weighted sum over the
+pyramid's pixels on the CPU, torchvision's kernel elsewhere.
 
 RoIAlign is linear in the features: each output cell averages bilinear samples, i.e. a weighted sum
 of at most ``4 * grid_h * grid_w`` feature pixels. With every level's features as rows of one
@@ -179,7 +180,7 @@ def stack_levels(feats: Sequence[Tensor]) -> Tensor:
     return flat
 
 
-def sparse_roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tensor, output_size: tuple[int, int],
+def _sparse_roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tensor, output_size: tuple[int, int],
                             scales: Sequence[float], sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
     """RoIAlign of each RoI on its own level in one sparse product (see the module docstring).
 
@@ -203,19 +204,12 @@ def sparse_roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tenso
     return pooled.view(rois.size(0), ph, pw, channels).permute(0, 3, 1, 2).contiguous()
 
 
-def sparse_roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-                     sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
-    """torchvision's ``roi_align`` on one feature map [B, C, H, W] as a sparse product."""
-    levels = torch.zeros(rois.size(0), dtype=torch.long, device=rois.device)
-    return sparse_roi_align_levels([features], rois, levels, output_size, [spatial_scale], sampling_ratio, aligned)
-
-
 def roi_align_levels(feats: Sequence[Tensor], rois: Tensor, levels: Tensor, output_size: tuple[int, int],
                      scales: Sequence[float], sampling_ratio: int = 0, aligned: bool = True) -> Tensor:
     """RoIAlign of each RoI on its level, in fp32: the sparse form on the CPU, torchvision's kernel
     (one call per level) elsewhere. Returns [n, C, ph, pw]."""
     if feats[0].device.type == 'cpu':
-        return sparse_roi_align_levels(feats, rois, levels, output_size, scales, sampling_ratio, aligned)
+        return _sparse_roi_align_levels(feats, rois, levels, output_size, scales, sampling_ratio, aligned)
     rois = rois.float()
     pooled = feats[0].new_zeros((rois.size(0), feats[0].size(1), *output_size), dtype=torch.float32)
     for level, (feat, scale) in enumerate(zip(feats, scales)):
