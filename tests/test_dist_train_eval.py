@@ -24,8 +24,8 @@ from helpers.tiny import ROOT, write_tiny_config
 import mixprec.models  # noqa: F401  (registers the models)
 from mixprec.data import build_dataset, make_shapes_dataset
 from mixprec.registry import MODELS
-from test_engine_dist import free_port
-from test_robustness_config import tool_env
+from helpers.dist import free_port
+from helpers.tool_runs import tool_env
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from helpers.tiny import ROOT, write_tiny_config
 from helpers.trained import model, reference, trained  # noqa: F401 (fixtures)
-from test_engine_dist import free_port
+from helpers.dist import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -1,19 +1,14 @@
 """A real 2-process torchrun (gloo) run of the runner: identical weights, logs from rank 0 only."""
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from helpers.dist import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def torchrun(script_args, nproc=2, timeout=240, env_extra=None):

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from test_engine_dist import free_port
+from helpers.dist import free_port
 
 pytestmark = pytest.mark.slow
 

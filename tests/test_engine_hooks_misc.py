@@ -15,7 +15,7 @@ from torch import nn
 from helpers.runtime import train
 from mixprec.engine import NumClassCheckHook, SyncBuffersHook
 from mixprec.registry import HOOKS, ConfigError
-from test_engine_dist import free_port
+from helpers.dist import free_port
 
 
 def test_num_class_check_stops_train_py(tmp_path):

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from helpers.fp16 import TinyNet, batches, make_runner, run as drive_fp16
 from helpers.tiny import ROOT, write_tiny_config
 from helpers.toy import toy_collate
 from mixprec.engine import Hook, Runner
 from mixprec.engine.optimizer import build_optimizer
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import OPTIMIZER_BUILDERS, ConfigError
-from test_fp16_helpers import TinyNet, batches, make_runner, run as drive_fp16
 
 LR, WD = 0.1, 0.01
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
-import sys
 from typing import Callable, Optional
 
 import pytest
@@ -19,13 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.fp16 import TinyNet, batches, make_runner
 from mixprec.checkpoint import load_checkpoint
 from mixprec.engine.hooks import NonFiniteLossError, OptimizerHook
 from mixprec.fp16 import Fp16OptimizerHook, SkippedStepsError, auto_fp16
 from mixprec.registry import ConfigError
-
-sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers sit next to this file
-from test_fp16_helpers import TinyNet, batches, make_runner  # noqa: E402
 
 MODES = [('master', 'float16'), ('master', 'bfloat16'), ('autocast', 'float16'), ('autocast', 'bfloat16')]
 TOL = {'float16': 0.02, 'bfloat16': 0.08}  # |mixed - fp32| / |fp32 - start| after a few steps
@@ -320,8 +316,8 @@ def test_skipped_steps_stop_tools_train_with_exit_code_1(tmp_path):
     """Through the real tools/train.py (tiny Mask R-CNN, bf16, static scale 1): NaN weights from
     iteration 1 on end the run with one line and exit code 1 after max_skipped_steps."""
     from helpers.tiny import write_tiny_config
-    from test_robustness_config import finish, one_error_line, start_tool, tool_env
-    from test_robustness_faults import ARGS, LAUNCHER
+    from helpers.faults import ARGS, LAUNCHER
+    from helpers.tool_runs import finish, one_error_line, start_tool, tool_env
     config = write_tiny_config(str(tmp_path), epochs=3, num_train=4, num_val=2, img_size=64,
                                extra="fp16 = dict(dtype='bfloat16', max_skipped_steps=2)\n")
     launcher = tmp_path / 'launcher.py'

@@ -4,7 +4,6 @@ single-process run over both ranks' micro-batches."""
 import logging
 import os
 import socket
-import sys
 
 import torch
 import torch.distributed as dist
@@ -14,11 +13,9 @@ import torch.multiprocessing as mp
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from helpers.fp16 import TinyNet, batches, make_runner, net_loss, run
 from mixprec.fp16 import Fp16OptimizerHook, auto_fp16, wrap_fp16_model
 from mixprec.fp16.ddp import rebuild_ddp
-
-sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers sit next to this file
-from test_fp16_helpers import TinyNet, batches, make_runner, net_loss, run  # noqa: E402
 
 WORLD = 2
 

@@ -10,18 +10,13 @@ destinations does what that fast path did, so its consequences show in the numbe
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 
+from helpers.fp16 import TinyNet, batches, make_runner, net_loss
 from mixprec.engine.hooks.ema import ExpMomentumEMAHook
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.fp16.flat import homogeneous_groups
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_fp16_helpers import TinyNet, batches, make_runner, net_loss  # noqa: E402
 
 FOREACH = sorted(n for n in dir(torch) if n.startswith(('_foreach_', '_amp_foreach_')))
 

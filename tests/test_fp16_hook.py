@@ -1,21 +1,16 @@
 """Fp16OptimizerHook on a small conv net, against fp32 references computed here."""
 import copy
 import io
-import os
 import logging
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 from helpers.cpu import native_bf16
+from helpers.fp16 import TinyNet, batches, fp32_reference, make_runner, net_loss, plain_loss, run
 from mixprec.fp16 import Fp16OptimizerHook, LossScaleCollapseError
 from mixprec.registry import HOOKS
-
-sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers sit next to this file
-from test_fp16_helpers import (TinyNet, batches, fp32_reference, make_runner,  # noqa: E402
-                               net_loss, plain_loss, run)
 
 INF, NAN = float('inf'), float('nan')
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.fp16 import TinyNet, batches, make_runner, net_loss, run
 from helpers.mmcv1 import ROOT, run_side_by_side
 from helpers.toy import ToyModel
 from mixprec.engine import GradientCumulativeOptimizerHook, Hook, OptimizerHook, Runner
 from mixprec.engine.hooks import NonFiniteLossError
 from mixprec.fp16 import Fp16OptimizerHook, GradientCumulativeFp16OptimizerHook
 from mixprec.registry import HOOKS, ConfigError
-from test_fp16_helpers import TinyNet, batches, make_runner, net_loss, run
 
 
 class SideBySide:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from helpers.cpu import AVX2_ONLY, native_bf16
+from helpers.fp16 import TinyNet, batches, make_runner, net_loss, run
 from helpers.tiny import ROOT
 from mixprec.engine import OptimizerHook
 from mixprec.fp16 import Fp16OptimizerHook, precision, resolve_dtype, wrap_fp16_model
-from test_fp16_helpers import TinyNet, batches, make_runner, net_loss, run
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 

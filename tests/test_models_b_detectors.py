@@ -12,33 +12,9 @@ from mmengine import Config
 import mixprec.models  # noqa: F401  (registers every model part)
 from mixprec.registry import MODELS
 from helpers import precision
-
-CONFIGS = {'faster': 'configs/_base_/models/faster_rcnn_r50_fpn.py',
-           'mask': 'configs/_base_/models/mask_rcnn_r50_fpn.py'}
-
+from helpers.detectors import CONFIGS, model_cfg, tiny_batch, tiny_cfg, total_loss
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-def model_cfg(kind: str) -> dict:
-    cfg = Config.fromfile(CONFIGS[kind]).model.to_dict()
-    cfg['backbone']['init_cfg'] = None  # no network here; random init
-    return cfg
-
-
-def tiny_cfg(kind: str, num_classes: int = 3) -> dict:
-    """The reference config shrunk: ResNet-18 with 16 base channels, 32-channel FPN and heads."""
-    cfg = model_cfg(kind)
-    cfg['backbone'].update(depth=18, base_channels=16)
-    cfg['neck'].update(in_channels=[16, 32, 64, 128], out_channels=32)
-    cfg['rpn_head'].update(in_channels=32, feat_channels=32)
-    roi_head = cfg['roi_head']
-    roi_head['bbox_roi_extractor']['out_channels'] = 32
-    roi_head['bbox_head'].update(in_channels=32, fc_out_channels=64, num_classes=num_classes)
-    if kind == 'mask':
-        roi_head['mask_roi_extractor']['out_channels'] = 32
-        roi_head['mask_head'].update(in_channels=32, conv_out_channels=32, num_classes=num_classes)
-    return cfg
 
 
 def neck_and_head_shapes(kind: str) -> dict:
@@ -100,36 +76,7 @@ def test_reference_configs_carry_the_design_values():
     assert mask.roi_head.mask_roi_extractor.roi_layer.output_size == 14
 
 
-def tiny_batch(with_masks: bool):
-    """Two 96 x 128 images (the second padded from 96 x 112), resized 2x from their originals."""
-    torch.manual_seed(1)
-    img = torch.randn(2, 3, 96, 128)
-    metas = [dict(img_shape=(96, 128, 3), ori_shape=(48, 64, 3), pad_shape=(96, 128, 3),
-                  scale_factor=np.full(4, 2.0, dtype=np.float32), flip=False),
-             dict(img_shape=(96, 112, 3), ori_shape=(48, 56, 3), pad_shape=(96, 128, 3),
-                  scale_factor=np.full(4, 2.0, dtype=np.float32), flip=False)]
-    batch = dict(img=img, img_metas=metas,
-                 gt_bboxes=[torch.tensor([[10., 10., 50., 60.]]),
-                            torch.tensor([[20., 5., 100., 90.], [0., 0., 30., 30.]])],
-                 gt_labels=[torch.tensor([0]), torch.tensor([1, 2])])
-    if with_masks:
-        masks = [torch.zeros(1, 96, 128, dtype=torch.uint8), torch.zeros(2, 96, 128, dtype=torch.uint8)]
-        for m, boxes in zip(masks, batch['gt_bboxes']):
-            for j, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
-                m[j, y1:y2, x1:x2] = 1
-        batch['gt_masks'] = masks
-    return batch
-
-
 LOSS_KEYS = ['loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'acc', 'loss_bbox']
-
-
-def total_loss(losses: dict) -> torch.Tensor:
-    total = 0
-    for key, value in losses.items():
-        if 'loss' in key:
-            total = total + (sum(value) if isinstance(value, list) else value)
-    return total
 
 
 @pytest.mark.parametrize('kind', ['faster', 'mask'])

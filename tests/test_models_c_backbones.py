@@ -13,9 +13,10 @@ from helpers.cpu import learning_modes_for_auto
 from mixprec.checkpoint import CheckpointError
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import MODELS, ConfigError
-from test_fp16_helpers import make_runner
-from test_models_b_detectors import tiny_cfg, total_loss
-from test_models_b_overfit import box_ap50, make_shapes, mask_ap50, shapes_metas
+from helpers.detectors import tiny_cfg, total_loss, train_with_hook
+from helpers.fp16 import make_runner
+from helpers.shapes import box_ap50, make_shapes, mask_ap50, shapes_metas
+from helpers.weights import randomise_
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -28,23 +29,6 @@ def shapes_of(module: torch.nn.Module) -> dict:
 
 def tv_shapes(module: torch.nn.Module, drop: tuple = ('fc.',), prefix: str = '') -> dict:
     return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items() if not k.startswith(drop)}
-
-
-def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Spread-out weights and BN statistics (so every layer matters in a comparison)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.dtype.is_floating_point:
-                continue
-            noise = torch.randn(t.shape, generator=g)
-            if name.endswith('running_var'):
-                t.copy_(noise.abs() + 0.5)
-            elif t.ndim == 1:
-                t.copy_(1.0 + 0.1 * noise if name.endswith('weight') else 0.1 * noise)
-            else:
-                t.copy_(noise * (2.0 / t[0].numel()) ** 0.5)
-    return module
 
 
 def assert_same_network(ours: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -407,7 +391,6 @@ def test_variant_finds_its_training_shapes(variant, mode):
     (0.90 to 0.99 measured for this seed in bf16; room left for other CPUs' rounding, which sends these
     short from-scratch runs down other paths)."""
     learning_modes_for_auto(mode)
-    from test_models_d_train import train_with_hook
     img, boxes, labels, masks = make_shapes()
     targets = dict(gt_bboxes=boxes, gt_labels=labels)
     if variant == 'c4_mask':

@@ -10,7 +10,7 @@ from mixprec.fp16 import wrap_fp16_model
 from mixprec.models.backbones.resnet import ResNet
 from mixprec.models.fast_conv import fold_batchnorms, use_fast_convs
 from mixprec.models.layers import ConvModule
-from test_models_c_backbones import randomise_
+from helpers.weights import randomise_
 
 
 def small_resnet(**kwargs) -> ResNet:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mixprec.models.task_modules.bbox_ops import bbox2roi
 from mixprec.registry import MODELS, TASK_UTILS, ConfigError
 
-from test_models_b_detectors import tiny_cfg
+from helpers.detectors import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

@@ -12,7 +12,7 @@ from mixprec.data import CocoDataset, PolygonMasks, collate, make_shapes_dataset
 from mixprec.models.task_modules.mask_ops import mask_target_single
 from mixprec.registry import MODELS
 
-from test_models_b_detectors import tiny_cfg, total_loss
+from helpers.detectors import tiny_cfg, total_loss
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

@@ -5,22 +5,14 @@ the loss falls, and the detector then finds its training objects (AP50 well abov
 about 0 here). The bounds leave room for other seeds and CPUs: over seeds 0-2 the own-term ratio went
 up to 0.82 and OHEM's AP50 down to 0.43 (0.92-1.00 for seed 0 here); a dead or detached loss term
 gives a ratio of 1 or more."""
-import copy
-
 import numpy as np
 import pytest
-import torch
 
 from helpers.cpu import learning_modes_for_auto
+from helpers.detectors import tiny_cfg, tiny_retinanet_cfg, train_with_hook
+from helpers.shapes import box_ap50, make_shapes, mask_ap50, shapes_metas
 from mixprec.data import PolygonMasks
 from mixprec.data.masks import mask_to_polygons
-from mixprec.fp16 import Fp16OptimizerHook
-from mixprec.registry import MODELS
-
-from test_fp16_helpers import make_runner
-from test_models_b_detectors import tiny_cfg, total_loss
-from test_models_b_overfit import box_ap50, make_shapes, mask_ap50, shapes_metas
-from test_models_fp16_hook import tiny_retinanet_cfg
 
 pytestmark = [pytest.mark.usefixtures('one_thread'), pytest.mark.slow]
 
@@ -67,47 +59,9 @@ VARIANTS = {
     'retina_giou': retina_variant,
     'soft_nms': soft_nms_variant,
 }
-ITERS = 40
 # RetinaNet with the GIoU loss is at the edge of stability at 0.02 on these images (one seed of fp32,
 # master and autocast each wanders off); at 0.01 all three follow the same curve
 LR = {'retina_giou': 0.01}
-
-
-def train_with_hook(cfg: dict, mode: str, targets: dict, img: torch.Tensor, metas: list, lr: float = 0.02,
-                    dtype: str = 'bfloat16', iters: int = ITERS, unfreeze: bool = True):
-    """``iters`` SGD steps (10 of linear warm-up) through the hook; per-step loss terms and the test results.
-
-    ``unfreeze``: train the whole backbone with batch statistics (the loss variants' tiny ResNet-18)."""
-    torch.manual_seed(0)
-    if unfreeze:
-        cfg['backbone'].update(frozen_stages=-1, norm_eval=False)
-    model = MODELS.build(cfg)
-    model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
-                                weight_decay=1e-4)
-    hook = Fp16OptimizerHook(dtype=dtype, mode=mode, loss_scale=512. if dtype == 'float16' else None,
-                             grad_clip=dict(max_norm=35, norm_type=2))
-    runner = make_runner(model, optimizer)
-    hook.before_run(runner)
-    history = []  # per step, each loss term summed over levels
-    for step in range(iters):
-        for group in optimizer.param_groups:
-            group['lr'] = lr * min(1.0, (step + 1) / 10)
-        losses = runner.model(img, copy.deepcopy(metas), **targets)
-        for key, value in losses.items():
-            for v in value if isinstance(value, list) else [value]:
-                assert v.dtype is torch.float32 and torch.isfinite(v), (step, key, v)
-        history.append({key: float(sum(value).detach() if isinstance(value, list) else value.detach())
-                        for key, value in losses.items() if 'loss' in key})
-        loss = total_loss(losses)
-        runner.outputs = dict(loss=loss)
-        runner.iter = step
-        hook.after_train_iter(runner)
-    assert runner.log_buffer.last('skipped_steps') == 0
-    runner.model.eval()
-    with torch.no_grad():
-        results = runner.model(img, copy.deepcopy(metas), return_loss=False)
-    return history, results
 
 
 # dtype='auto': bf16 on a CPU that computes it natively, the plain fp32 step elsewhere (helpers.cpu)

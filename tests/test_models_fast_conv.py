@@ -20,7 +20,7 @@ from mixprec.models.backbones.resnet import ResNet
 from mixprec.models.fast_conv import fold_batchnorms, use_fast_convs
 from mixprec.models.layers import ConvModule
 from mixprec.ops import winograd
-from test_models_c_backbones import randomise_
+from helpers.weights import randomise_
 
 
 def load_tool(path: str):

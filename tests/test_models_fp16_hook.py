@@ -5,24 +5,15 @@ import copy
 
 import pytest
 import torch
-from mmengine import Config
 
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import MODELS
 from helpers import precision
-from test_fp16_helpers import make_runner
-from test_models_b_detectors import tiny_batch, tiny_cfg, total_loss
+from helpers.detectors import tiny_batch, tiny_cfg, tiny_retinanet_cfg, total_loss
+from helpers.fp16 import make_runner
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-def tiny_retinanet_cfg() -> dict:
-    cfg = Config.fromfile('configs/_base_/models/retinanet_r50_fpn.py').model.to_dict()
-    cfg['backbone'].update(depth=18, base_channels=16, init_cfg=None)
-    cfg['neck'].update(in_channels=[16, 32, 64, 128], out_channels=32)
-    cfg['bbox_head'].update(num_classes=3, in_channels=32, feat_channels=32, stacked_convs=1)
-    return cfg
 
 
 def build(kind: str, batch: dict):

@@ -13,7 +13,7 @@ from mixprec.config import load_config
 from mixprec.data import make_shapes_dataset
 from mixprec.models import build_detector
 from helpers.tiny import write_tiny_config
-from test_robustness_config import finish, one_error_line, start_tool
+from helpers.tool_runs import finish, one_error_line, start_tool
 
 pytestmark = pytest.mark.slow
 

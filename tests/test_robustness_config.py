@@ -1,53 +1,16 @@
-"""Issue 7, case 1: bad configs through the real tools/train.py: exit 2, one line, only the log written.
-
-Also the helpers the other robustness tests use to run the tools in subprocesses.
-"""
+"""Issue 7, case 1: bad configs through the real tools/train.py: exit 2, one line, only the log written."""
 from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from typing import Optional
 
 import pytest
 
-from helpers.tiny import ROOT, write_tiny_config
+from helpers.tiny import write_tiny_config
+from helpers.tool_runs import finish, one_error_line, start_tool
 
 pytestmark = pytest.mark.slow
-
-
-def tool_env(*paths: str, **extra: str) -> dict:
-    """The environment of a tool subprocess: one thread, mixprec (and ``paths``) importable."""
-    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([*paths, ROOT]), **extra)
-
-
-def start_tool(tool: str, *args: str, cwd: str, env: Optional[dict] = None,
-               launcher: Optional[str] = None) -> subprocess.Popen:
-    """Start ``tools/<tool>`` (or ``launcher`` running it) with ``cwd`` inside the test's tmp_path."""
-    script = os.path.join(ROOT, 'tools', tool)
-    cmd = [sys.executable, *([launcher] if launcher else []), script, *args]
-    return subprocess.Popen(cmd, cwd=cwd, env=env or tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
-    stdout, stderr = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-def run_tool(tool: str, *args: str, cwd: str, env: Optional[dict] = None, timeout: float = 300,
-             launcher: Optional[str] = None) -> subprocess.CompletedProcess:
-    return finish(start_tool(tool, *args, cwd=cwd, env=env, launcher=launcher), timeout)
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single ``error: ...`` / ``interrupted: ...`` line a tool printed on stderr (progress bars and
-    library warnings aside), with no traceback."""
-    lines = re.findall(r'(?:\[rank \d+\] )?(?:error|interrupted): [^\r\n]*', proc.stderr)
-    assert len(lines) == 1 and 'Traceback' not in proc.stderr, f'rc {proc.returncode}, stderr:\n{proc.stderr[-3000:]}'
-    return lines[0]
-
 
 MINIMAL_WITHOUT_OPTIMIZER = ("model = dict(type='MaskRCNN')\n"
                             "data = dict(samples_per_gpu=2, workers_per_gpu=0, train=dict(type='ShapesDataset'))\n"

@@ -15,7 +15,7 @@ from mixprec.data import LoadImageFromFile, ShapesDataset, make_shapes_dataset
 from mixprec.data.errors import DataError, MissingImageError, UnreadableImageError
 from mixprec.models import build_detector
 from helpers.tiny import write_tiny_config
-from test_robustness_config import finish, one_error_line, run_tool, start_tool
+from helpers.tool_runs import finish, one_error_line, run_tool, start_tool
 
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True)]
 

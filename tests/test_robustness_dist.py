@@ -11,9 +11,9 @@ import pytest
 
 from mixprec.data import make_shapes_dataset
 from helpers.tiny import ROOT, write_tiny_config
-from test_engine_dist import free_port
-from test_robustness_config import tool_env
-from test_robustness_faults import LAUNCHER
+from helpers.dist import free_port
+from helpers.faults import LAUNCHER
+from helpers.tool_runs import tool_env
 
 pytestmark = pytest.mark.slow
 

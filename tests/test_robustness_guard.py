@@ -1,5 +1,5 @@
 """Issue 7, case 7: the session guard in conftest.py sees files that appear, vanish or change."""
-from conftest import differences, snapshot
+from helpers.session_guard import differences, snapshot
 
 
 def test_guard_reports_new_changed_and_removed_files(tmp_path):

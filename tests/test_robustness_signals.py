@@ -27,8 +27,8 @@ from mixprec.data import make_shapes_dataset
 from mixprec.stop_signals import requeue_slurm_job
 from helpers.runtime import FASTER
 from helpers.tiny import ROOT, write_tiny_config
-from test_engine_dist import free_port
-from test_robustness_config import one_error_line, tool_env
+from helpers.dist import free_port
+from helpers.tool_runs import one_error_line, tool_env
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, 'tools', 'analysis_tools')
 SCRIPT = os.path.join(TOOLS, 'gpu_check.sh')
-sys.path.insert(0, TOOLS)
+sys.path.insert(0, TOOLS)  # gpu_check imports benchmark_detectors from its folder, as when run as a script
 import gpu_check  # noqa: E402
 
 
