@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.tiny import ROOT
 from helpers.toy import ToyModel, toy_loader
 from mixprec.engine import Runner
 from mixprec.engine.hooks import IterTimerHook, JsonLoggerHook
 from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools/analysis_tools/analyze_logs.py')
-MMDET_LOG = os.path.join(ROOT, 'tests/data/mmdet_v2_log.json')
+MMDET_LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mmdet_v2_log.json')
 
 
 def _load_tool():

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from helpers.dist import free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.tiny import ROOT
 
 
 def torchrun(script_args, nproc=2, timeout=240, env_extra=None):

@@ -1,5 +1,5 @@
 """tools/analysis_tools/benchmark.py: inference fps and fp32-vs-mixed training on a tiny shapes Faster R-CNN
-(gpu_check.sh is tested in test_tools_gpu_check.py)."""
+(gpu_check.sh is tested in test_gpu_check.py)."""
 import importlib.util
 import os
 import re
@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
+from helpers.tiny import ROOT
 from mixprec.config import load_config
 from mixprec.data import make_shapes_dataset
 from mixprec.fp16.precision import describe_device
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, 'tools/analysis_tools/benchmark.py')
 BASES = [os.path.join(ROOT, 'configs/_base_', p) for p in
          ('models/faster_rcnn_r50_fpn.py', 'datasets/shapes_instance.py', 'schedules/schedule_1x.py',

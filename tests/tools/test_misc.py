@@ -8,10 +8,10 @@ import mmcv
 import numpy as np
 import pytest
 
+from helpers.tiny import ROOT
 from mixprec.config import load_config
 from mixprec.data import build_dataset, make_shapes_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRINT_CONFIG = os.path.join(ROOT, 'tools/misc/print_config.py')
 BROWSE = os.path.join(ROOT, 'tools/misc/browse_dataset.py')
 SHAPES_BASE = os.path.join(ROOT, 'configs/_base_/datasets/shapes_instance.py')

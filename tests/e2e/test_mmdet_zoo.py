@@ -14,6 +14,7 @@ import pytest
 import torch
 import torchvision
 
+from helpers.tiny import ROOT
 from helpers.zoo import check_tool, mmdet_configs
 from mixprec.cli import run_cli
 
@@ -182,8 +183,7 @@ def _training_sections(path):
 @pytest.mark.parametrize('name', OUR_NAMESAKES)
 def test_our_variant_config_trains_as_the_upstream_namesake(zoo_sources, name):
     """Our configs/ (written here) resolve to the same model, data and schedule as mmdet 2.28.2's."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ours = _training_sections(os.path.join(root, 'configs', name))
+    ours = _training_sections(os.path.join(ROOT, 'configs', name))
     upstream = _training_sections(os.path.join(zoo_sources[0], name))
     if name == 'mask_rcnn/mask_rcnn_r50_caffe_c4_1x_coco.py':  # ours also loads res5 (see the config)
         assert upstream['model']['roi_head']['shared_head'].get('init_cfg') is None
@@ -194,12 +194,11 @@ def test_our_variant_config_trains_as_the_upstream_namesake(zoo_sources, name):
 
 def test_our_90k_and_person_configs_match_upstream_schedule_and_subset(zoo_sources):
     from mixprec.config import load_config
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ours = load_config(os.path.join(root, 'configs/faster_rcnn/faster_rcnn_r50_fpn_90k_coco.py'))
+    ours = load_config(os.path.join(ROOT, 'configs/faster_rcnn/faster_rcnn_r50_fpn_90k_coco.py'))
     upstream = load_config(os.path.join(zoo_sources[0], 'faster_rcnn/faster_rcnn_r50_caffe_fpn_90k_coco.py'))
     for key in ('runner', 'lr_config', 'checkpoint_config', 'evaluation'):
         assert ours[key] == upstream[key], key
-    ours = load_config(os.path.join(root, 'configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco-person.py'))
+    ours = load_config(os.path.join(ROOT, 'configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco-person.py'))
     upstream = load_config(os.path.join(zoo_sources[0], 'faster_rcnn/faster_rcnn_r50_caffe_fpn_mstrain_1x_coco-person.py'))
     assert ours.model.roi_head.bbox_head.num_classes == upstream.model.roi_head.bbox_head.num_classes == 1
     for split in ('train', 'val', 'test'):

@@ -7,6 +7,7 @@ import pytest
 from torch import nn
 
 from helpers.runtime import train
+from helpers.tiny import ROOT
 from mixprec.apis.train import config_section
 from mixprec.config import Config
 from mixprec.data.errors import DataError
@@ -54,8 +55,7 @@ def test_registry_refuses_a_missing_argument_but_not_a_constructor_s_own_type_er
 
 
 def test_a_detector_without_its_heads_train_cfg_section_is_one_line():
-    cfg = Config.fromfile(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', '_base_', 'models',
-                                       'faster_rcnn_r50_fpn.py'))
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', '_base_', 'models', 'faster_rcnn_r50_fpn.py'))
     model = cfg.model.to_dict()
     model['backbone']['init_cfg'] = None
     del model['train_cfg']['rcnn']

@@ -296,7 +296,7 @@ def test_bf16_defaults_and_auto_dtype(caplog):
     assert default.mode == 'static' and default.loss_scale == 512.
     with caplog.at_level(logging.INFO):
         runner, hook, _ = setup('auto')
-    expected = torch.bfloat16 if native_bf16() in (True, None) else torch.float32  # this CPU (see test_fp16_precision)
+    expected = torch.bfloat16 if native_bf16() in (True, None) else torch.float32  # this CPU (see fp16/test_precision.py)
     assert hook.dtype is expected and runner.model.conv1.weight.dtype is expected
     assert hook.loss_scaler.loss_scale == 1. and hook.loss_scaler.mode == 'static'
     assert any(f"'auto' -> {str(expected)[6:]}" in r.getMessage() for r in caplog.records)

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.tiny import ROOT
+
 TOOL = os.path.join(ROOT, 'tools', 'analysis_tools', 'compare_mmdet.py')
 MMDET_PYTHON = os.environ.get('MIXPREC_MMDET_PYTHON', os.path.expanduser('~/.venvs/mmdet-ref/bin/python'))
 

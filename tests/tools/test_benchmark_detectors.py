@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.tiny import ROOT
+
 TOOL = os.path.join(ROOT, 'tools', 'analysis_tools', 'benchmark_detectors.py')
 ROW = re.compile(r'^(\w+)\s+\|\s+(ours|torchvision)\s+\|\s+(\S+)\s+\|\s+(\S+)\s+\|\s+(\S+)\s+\|\s+(\S+)')
 

@@ -12,11 +12,12 @@ import mixprec.models  # noqa: F401  (registers the models)
 from mixprec.checkpoint import CheckpointError
 from mixprec.registry import MODELS
 from helpers import precision
+from helpers.tiny import ROOT
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
+CONFIG_DIR = os.path.join(ROOT, 'configs')
 BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 

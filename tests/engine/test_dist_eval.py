@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from helpers.dist import free_port
+from helpers.tiny import ROOT
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'tests', 'helpers', 'toy_dist_eval.py')
 
 

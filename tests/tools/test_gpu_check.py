@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.tiny import ROOT
+
 TOOLS = os.path.join(ROOT, 'tools', 'analysis_tools')
 SCRIPT = os.path.join(TOOLS, 'gpu_check.sh')
 sys.path.insert(0, TOOLS)  # gpu_check imports benchmark_detectors from its folder, as when run as a script
