@@ -14,7 +14,7 @@ from .registry import ConfigError
 from .stop_signals import parse_signal
 
 __all__ = ['Config', 'DictAction', 'load_config', 'check_train_config', 'compat_cfg', 'check_top_level_keys',
-           'RUNTIME_KEYS', 'UNSUPPORTED_KEYS']
+           'cpu_winograd', 'RUNTIME_KEYS', 'UNSUPPORTED_KEYS']
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
@@ -90,6 +90,15 @@ def check_train_config(cfg: Config, path: str) -> None:
         raise ConfigError(f"{path}: fp16.loss_scale must be a number, 'dynamic' or a dict, got {loss_scale!r}")
 
 
+def cpu_winograd(cfg: Config, path: str) -> bool:
+    """``cpu_winograd`` (default True): whether fp32 3x3 convolutions on the CPU may run as Winograd
+    F(4x4, 3x3) (see :func:`mixprec.models.place_model`); False keeps PyTorch's kernel, e.g. to compare."""
+    value = cfg.get('cpu_winograd', True)
+    if not isinstance(value, bool):
+        raise ConfigError(f'{path}: cpu_winograd must be True or False, got {type(value).__name__} {value!r}')
+    return value
+
+
 RUNNER_LENGTH_KEYS = {'EpochBasedRunner': 'max_epochs', 'IterBasedRunner': 'max_iters'}
 
 
@@ -113,13 +122,13 @@ def config_name(path: str) -> str:
 
 
 # Top-level keys of mmdetection v2.28 / mmcv 1.x configs that mixprec acts on (plus its own cpu_threads and
-# requeue_signal).
+# cpu_winograd and requeue_signal).
 RUNTIME_KEYS = frozenset({
     'model', 'data', 'optimizer', 'optimizer_config', 'lr_config', 'momentum_config', 'runner', 'total_epochs',
     'checkpoint_config', 'log_config', 'custom_hooks', 'custom_imports', 'evaluation', 'fp16', 'workflow',
     'dist_params', 'log_level', 'load_from', 'resume_from', 'auto_resume', 'work_dir', 'gpu_ids', 'seed',
     'opencv_num_threads', 'mp_start_method', 'auto_scale_lr', 'find_unused_parameters', 'cudnn_benchmark',
-    'train_cfg', 'test_cfg', 'cpu_threads', 'trusted_checkpoint', 'requeue_signal',
+    'train_cfg', 'test_cfg', 'cpu_threads', 'cpu_winograd', 'trusted_checkpoint', 'requeue_signal',
 })
 # Keys mmdet knows (or that belong in a section) that mixprec refuses, with what to do instead.
 UNSUPPORTED_KEYS = {

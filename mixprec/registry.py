@@ -59,6 +59,15 @@ class Registry:
         return build_from_cfg(cfg, self, default_args)
 
 
+def required(cfg: Any, key: str, where: str) -> Any:
+    """``cfg[key]`` of a config dict that must have it; a one-line ConfigError naming ``where`` and
+    the key otherwise."""
+    if not isinstance(cfg, dict) or key not in cfg:
+        have = f'its keys are {sorted(cfg)}' if isinstance(cfg, dict) else f'got {cfg!r}'
+        raise ConfigError(f'{where} needs {key!r}; {have}')
+    return cfg[key]
+
+
 def _closest(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
     if not close:
@@ -70,8 +79,10 @@ def build_from_cfg(cfg: Any, registry: Registry, default_args: Optional[dict] = 
     """Build ``cfg['type']`` from ``registry`` with the other keys (and ``default_args``) as kwargs.
 
     Raises:
-        ConfigError: ``cfg`` is not a dict with ``type``, the type is unknown, or the class does
-            not take one of the given arguments.
+        ConfigError: ``cfg`` is not a dict with ``type``, the type is unknown, the class does not
+            take one of the given arguments or needs one that is missing, or the constructor found a
+            value it refuses. Any other exception from inside the constructor (a TypeError included)
+            is a bug and passes through.
     """
     if not isinstance(cfg, dict):
         raise ConfigError(f'{registry.name}: expected a dict with a "type" key, got {type(cfg).__name__}: {cfg!r}')
@@ -94,10 +105,10 @@ def build_from_cfg(cfg: Any, registry: Registry, default_args: Optional[dict] = 
     _check_arguments(obj_cls, args, registry)
     try:
         return obj_cls(**args)
-    except ConfigError:
-        raise
     except TypeError as exc:
-        raise ConfigError(f'{registry.name}: {obj_cls.__name__}: {exc}') from exc
+        if exc.__traceback__.tb_next is not None:  # raised inside the constructor: a bug, not the config's
+            raise
+        raise ConfigError(f'{registry.name}: {obj_cls.__name__}: {exc}') from None
 
 
 def _check_arguments(obj_cls: Callable, args: dict, registry: Registry) -> None:

@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='write the evaluation metrics (eval_<timestamp>.json) into this folder')
     parser.add_argument('--out', help='write the raw results to this pickle file')
-    parser.add_argument('--fuse-conv-bn', action='store_true', help='fold BatchNorm into the convolutions')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='(mmdetection\'s option; always on) BatchNorm folds into the convolutions at inference')
     parser.add_argument('--gpu-ids', type=int, nargs='+',
                         help='(deprecated, use --gpu-id) the first id is the GPU to test on')
     parser.add_argument('--gpu-id', type=int, help='the GPU to test on (non-distributed testing; default 0)')
@@ -145,9 +146,6 @@ def main(argv=None) -> None:
     model = init_detector(cfg, args.checkpoint, device=device, trusted=args.trusted_checkpoint,
                           classes=dataset.CLASSES, strict=True)
     _check_classes(model.CLASSES, dataset.CLASSES, logger)
-    if args.fuse_conv_bn:
-        from mixprec.apis.fuse import fuse_conv_bn
-        model = fuse_conv_bn(model)
     logger.info('testing %s on %d images', args.checkpoint, len(dataset))
 
     if distributed:

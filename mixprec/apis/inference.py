@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mixprec.checkpoint import load_checkpoint
-from mixprec.config import Config, load_config
+from mixprec.config import Config, cpu_winograd, load_config
 from mixprec.data import COCO_CLASSES, collate
 from mixprec.data.pipelines import Compose
 from mixprec.engine.runner import move_to_device
@@ -83,7 +83,7 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
         names = COCO_CLASSES
     model.CLASSES = tuple(names or getattr(model, 'CLASSES', None) or ())
     model.cfg = config
-    return place_model(model, device).eval()
+    return place_model(model, device, winograd=cpu_winograd(config, config.filename or 'config')).eval()
 
 
 def _array_sample(img: np.ndarray) -> dict:

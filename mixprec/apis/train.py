@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixprec.config import Config
+from mixprec.config import Config, cpu_winograd
 from mixprec.data import build_dataloader, build_dataset
-from mixprec.data.errors import DataError
 from mixprec.engine import (DistEvalHook, DistSamplerSeedHook, EvalHook, Runner, all_gather_object,
                             broadcast_object, get_dist_info, get_logger)
 from mixprec.engine.optimizer import build_optimizer
@@ -76,16 +75,15 @@ def check_same_config_on_all_ranks(cfg: Config) -> None:
 
 @contextlib.contextmanager
 def config_section(path: str, section: str):
-    """Turn a failure while building ``section`` of the config into one ConfigError naming the file and section.
+    """A ConfigError raised while building ``section`` of the config, as one line naming the file and section.
 
-    Building only reads config values, so a TypeError/ValueError/KeyError there comes from a value of
-    the wrong type or kind; bad data (DataError) passes through unchanged.
+    The constructors and the registry check the values they read and raise ConfigError for a bad one;
+    any other exception is a bug, not the user's mistake, and passes through with its traceback (as
+    does bad data, DataError).
     """
     try:
         yield
-    except DataError:
-        raise
-    except (ConfigError, TypeError, ValueError, KeyError) as exc:
+    except ConfigError as exc:
         lines = str(exc).strip().strip('"').splitlines()
         raise ConfigError(f'{path}: {section}: {lines[0] if lines else type(exc).__name__}') from exc
 
@@ -197,7 +195,7 @@ def train_detector(model: nn.Module, dataset, cfg: Config, distributed: bool = F
                                            dist=distributed, shuffle=False)
 
     device = _select_device(cfg, distributed)
-    model = place_model(model, device)
+    model = place_model(model, device, winograd=cpu_winograd(cfg, path))
     auto_scale_lr(cfg, distributed, logger)
     with config_section(path, 'optimizer'):
         optimizer = build_optimizer(model, cfg.optimizer)

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from mixprec.registry import ConfigError
+
 from .masks import mask_to_polygons, segm_to_rle
 
 CATEGORIES = ({'id': 1, 'name': 'circle', 'supercategory': 'shape'},
@@ -40,9 +42,9 @@ def make_shapes_dataset(root: str, num_train: int = 500, num_val: int = 100, img
     means the split is complete. Returns ``{'train': json_path, 'val': json_path}``.
     """
     if min_shapes < 1 or max_shapes < min_shapes:
-        raise ValueError(f'need 1 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}')
+        raise ConfigError(f'need 1 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}')
     if img_size < 32:
-        raise ValueError(f'img_size must be >= 32 px, got {img_size}')
+        raise ConfigError(f'img_size must be >= 32 px, got {img_size}')
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
     paths = {}
     for split_idx, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):

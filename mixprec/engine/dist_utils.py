@@ -69,14 +69,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over ranks (in place); the identity outside a distributed run."""
-    if is_dist():
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return values
-
-
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_dist():
         return obj

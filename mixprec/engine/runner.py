@@ -30,17 +30,13 @@ from torch.utils.data import DataLoader
 import mixprec
 from mixprec.checkpoint import (CheckpointError, link_or_copy, load_checkpoint as load_weights, load_file,
                                 load_state_dict, save_file, unwrap_model)
+from mixprec.fp16.hook_base import HookBase
 from mixprec.registry import HOOKS
 from mixprec.stop_signals import handled, requeue_slurm_job, starting_workers
 from .dist_utils import all_gather_object, barrier, get_dist_info, is_dist
 from .hooks import Hook, build_lr_hook, build_momentum_hook, get_priority
 from .log_buffer import LogBuffer
 from .rng import get_rng_state, set_rng_state
-
-HOOK_STAGES = ('before_run', 'before_train_epoch', 'before_train_iter', 'after_train_iter',
-               'after_train_epoch', 'before_val_epoch', 'before_val_iter', 'after_val_iter', 'after_val_epoch',
-               'after_run')
-
 
 class TrainingInterrupted(Exception):
     """Raised after a stop signal once a resumable checkpoint is written."""
@@ -251,17 +247,24 @@ class Runner:
         for hook_cfg in custom_hooks_config or []:
             self.register_hook_from_cfg(hook_cfg)
 
-    def call_hook(self, stage: str) -> None:
+    def call_hook(self, stage: str, *args: Any) -> None:
+        """``hook.<stage>(runner, *args)`` for every hook in priority order.
+
+        The stages are the methods of :class:`~mixprec.fp16.hook_base.HookBase` (a name that is not
+        one is a ValueError). Hooks need not derive from it: one that lacks a stage (an mmcv 1.x hook
+        has no ``log_val`` or ``before_resume``, a plain object only what it defines) is skipped
+        there.
+        """
+        if not callable(getattr(HookBase, stage, None)):
+            raise ValueError(f'{stage!r} is not a hook stage')
         for hook in self._hooks:
             method = getattr(hook, stage, None)
             if method is not None:
-                method(self)
+                method(self, *args)
 
     def log_val(self, metrics: dict) -> None:
-        """Hand evaluation metrics to the logger hooks (called by EvalHook on rank 0)."""
-        for hook in self._hooks:
-            if hasattr(hook, 'log_val'):
-                hook.log_val(self, metrics)
+        """Hand evaluation metrics to the hooks' ``log_val`` (called by EvalHook on rank 0)."""
+        self.call_hook('log_val', metrics)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, data_loader: DataLoader, workflow: Optional[list] = None,
@@ -429,9 +432,7 @@ class Runner:
                       'state_dict': OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())}
         if save_optimizer and self.optimizer is not None:
             checkpoint['optimizer'] = self.optimizer.state_dict()
-        for hook in self._hooks:
-            if hasattr(hook, 'before_save_checkpoint'):
-                hook.before_save_checkpoint(self, checkpoint)
+        self.call_hook('before_save_checkpoint', checkpoint)
         save_file(checkpoint, path)
         if update_latest:
             link_or_copy(path, os.path.join(out_dir, 'latest.pth'))
@@ -449,9 +450,7 @@ class Runner:
         if not isinstance(checkpoint, dict) or not {'meta', 'state_dict'} <= set(checkpoint):
             raise CheckpointError(f'{filename} is not a training checkpoint (no meta and state_dict); '
                                   f'use load_from to start from its weights')
-        for hook in self._hooks:
-            if hasattr(hook, 'before_resume'):
-                hook.before_resume(self, checkpoint)
+        self.call_hook('before_resume', checkpoint)
         load_state_dict(self.model, checkpoint['state_dict'], strict=True, logger=self.logger, source=filename)
         meta = checkpoint.get('meta', {})
         self._epoch, self._iter = meta.get('epoch', 0), meta.get('iter', 0)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from mixprec.registry import HOOKS, ConfigError
 
+from .accumulation import window
 from .ddp import is_ddp, rebuild_ddp, unwrap
 from .flat import FlatGrads, check_params
 from .hook_base import HookBase
@@ -100,17 +101,17 @@ class Fp16OptimizerHook(HookBase):
                               + (f'; did you mean {", ".join(close)}?' if close else '')
                               + f' (valid: {", ".join(valid)})')
         if int(max_skipped_steps) < 1:
-            raise ValueError(f'Fp16OptimizerHook: max_skipped_steps must be >= 1, got {max_skipped_steps}')
+            raise ConfigError(f'Fp16OptimizerHook: max_skipped_steps must be >= 1, got {max_skipped_steps}')
         if fp32_modules is not None and (isinstance(fp32_modules, str) or
                                          not all(isinstance(n, str) for n in fp32_modules)):
             raise ConfigError(f'Fp16OptimizerHook: fp32_modules must be a list of module names, got '
                               f'{fp32_modules!r}')
         if mode not in MODES:
-            raise ValueError(f'Fp16OptimizerHook: mode must be one of {MODES}, got {mode!r}')
+            raise ConfigError(f'Fp16OptimizerHook: mode must be one of {MODES}, got {mode!r}')
         if grad_clip is not None and 'max_norm' not in grad_clip:
-            raise ValueError(f'Fp16OptimizerHook: grad_clip needs max_norm, got {grad_clip!r}')
+            raise ConfigError(f'Fp16OptimizerHook: grad_clip needs max_norm, got {grad_clip!r}')
         if int(cumulative_iters) < 1:
-            raise ValueError(f'Fp16OptimizerHook: cumulative_iters must be >= 1, got {cumulative_iters}')
+            raise ConfigError(f'Fp16OptimizerHook: cumulative_iters must be >= 1, got {cumulative_iters}')
         self.grad_clip = grad_clip
         self.mode = mode
         self.distributed = distributed
@@ -218,31 +219,35 @@ class Fp16OptimizerHook(HookBase):
                     device.type, choice.reason)
 
     # ------------------------------------------------------------------ accumulation windows
-    def _window(self, it: int, max_iters: Optional[int]) -> tuple[int, bool, bool]:
-        """(loss divisor, first iteration of the window, last iteration of the window) for ``it``.
-
-        Windows start at multiples of ``cumulative_iters``; the run's last, incomplete window
-        divides by its own length and steps at ``max_iters`` (as mmcv's
-        GradientCumulativeOptimizerHook)."""
-        n = self.cumulative_iters
-        if n == 1:
-            return 1, True, True
-        divisor = n
-        if max_iters:
-            tail_start = max_iters // n * n
-            if it >= tail_start:
-                divisor = max_iters - tail_start
-        last = (it + 1) % n == 0 or (bool(max_iters) and it + 1 >= max_iters)
-        return divisor, it % n == 0, last
+    def _window(self, runner) -> tuple[int, bool, bool]:
+        """(loss divisor, first, last iteration of the window) of the runner's iteration
+        (:func:`mixprec.fp16.accumulation.window`)."""
+        return window(runner.iter, self.cumulative_iters, getattr(runner, 'max_iters', None))
 
     def before_train_iter(self, runner) -> None:
         """At a window's start, save the norm layers' running statistics (restored if the step is
         skipped); under DDP, all-reduce gradients only on the window's last iteration."""
-        _, first, last = self._window(runner.iter, getattr(runner, 'max_iters', None))
+        _, first, last = self._window(runner)
         if first and self._stats is not None:
             self._stats.snapshot()
         if self.cumulative_iters > 1 and is_ddp(runner.model):
             runner.model.require_backward_grad_sync = last
+
+    def fp32_params(self) -> dict[int, torch.Tensor]:
+        """Master mode: ``{id(model parameter): its fp32 master}``, the values the optimizer steps
+        (and exact fp32 copies of frozen parameters); averages of the weights (EMA) read these rather
+        than the half model. Empty in autocast mode, when mixed precision was declined, and before
+        ``before_run``."""
+        return self._masters.fp32_copies() if self._masters is not None else {}
+
+    def fp32_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``model``'s state dict with the fp32 masters in place of its half parameters (what the
+        checkpoints hold); the model's own state dict in autocast mode or when mixed precision was
+        declined."""
+        module = unwrap(model)
+        if self._masters is not None:
+            return self._masters.fp32_state_dict(module)
+        return module.state_dict()
 
     def sync_masters(self, runner=None) -> None:
         """Master mode: take values written into the model's parameters (also through ``.data``)
@@ -256,7 +261,7 @@ class Fp16OptimizerHook(HookBase):
         """Backward of the scaled loss; at the window's end check, unscale, clip, step, copy back."""
         if self._grads is None:
             raise RuntimeError('Fp16OptimizerHook: after_train_iter called before before_run')
-        divisor, first, last = self._window(runner.iter, getattr(runner, 'max_iters', None))
+        divisor, first, last = self._window(runner)
         if first or not self._started:
             self._grads.start_window()
             self._bad_terms = []
@@ -443,40 +448,6 @@ class Fp16OptimizerHook(HookBase):
             checkpoint['meta'] = {}
         checkpoint['meta']['fp16'] = self._fp16_meta()
         self._update_meta(runner)
-
-    # ------------------------------------------------------------------ no-op hook points
-    def after_run(self, runner) -> None:
-        pass
-
-    def before_epoch(self, runner) -> None:
-        pass
-
-    def after_epoch(self, runner) -> None:
-        pass
-
-    def before_iter(self, runner) -> None:
-        pass
-
-    def after_iter(self, runner) -> None:
-        pass
-
-    def before_train_epoch(self, runner) -> None:
-        pass
-
-    def after_train_epoch(self, runner) -> None:
-        pass
-
-    def before_val_epoch(self, runner) -> None:
-        pass
-
-    def after_val_epoch(self, runner) -> None:
-        pass
-
-    def before_val_iter(self, runner) -> None:
-        pass
-
-    def after_val_iter(self, runner) -> None:
-        pass
 
 
 @HOOKS.register_module()

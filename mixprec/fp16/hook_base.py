@@ -1,10 +1,21 @@
-"""``HookBase``: the class every mixprec hook derives from, so that mmcv 1.x runners accept them.
+"""``HookBase``: the hook protocol, every stage a runner calls declared once; mmcv 1.x runners accept it.
+
+Each stage is a no-op here and a hook overrides those it needs; as in mmcv 1.x's ``Hook``, the train
+and val stages also reach the generic ``before_epoch`` / ``after_epoch`` / ``before_iter`` /
+``after_iter``, so a hook written for mmcv 1.x runs unchanged. This project's runner calls them in
+priority order: ``before_run``; per train epoch ``before_train_epoch``, per iteration
+``before_train_iter`` / ``after_train_iter``, ``after_train_epoch``; per val epoch of a ``workflow``
+``before_val_epoch``, ``before_val_iter`` / ``after_val_iter``, ``after_val_epoch``; ``after_run``;
+``before_save_checkpoint(runner, checkpoint)`` as a checkpoint is written, ``before_resume(runner,
+checkpoint)`` before a resumed checkpoint is loaded, ``log_val(runner, metrics)`` when an evaluation
+hook has metrics; ``state_dict`` / ``load_state_dict`` carry a hook's resumable state.
 
 mmcv 1.x's ``BaseRunner.register_hook`` asserts ``isinstance(hook, mmcv.runner.Hook)``. When the
 ``mmcv`` that this environment imports is 1.x (it has ``mmcv/runner/hooks/hook.py``), ``HookBase``
-is that ``Hook``; otherwise (mmcv-lite 2.x, or no mmcv) it is a plain class and mmcv is not
+derives from that ``Hook``; otherwise (mmcv-lite 2.x, or no mmcv) from ``object``, and mmcv is not
 imported. The check looks for the file without importing mmcv; mmcv 1.x's runner is imported only
-where it is installed.
+where it is installed. This module lives in ``fp16`` because the fp16 hook derives from it and the
+fp16 package imports nothing from the engine.
 """
 from __future__ import annotations
 
@@ -33,8 +44,63 @@ def _mmcv1_hook() -> type | None:
     return Hook
 
 
-class _PlainBase:
-    """The base when mmcv 1.x is absent: nothing."""
+class HookBase(_mmcv1_hook() or object):
+    """Every stage a runner calls, as a no-op (see the module docstring)."""
 
+    def before_run(self, runner) -> None:
+        pass
 
-HookBase: type = _mmcv1_hook() or _PlainBase
+    def after_run(self, runner) -> None:
+        pass
+
+    def before_epoch(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val epoch stages call it."""
+
+    def after_epoch(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val epoch stages call it."""
+
+    def before_iter(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val iteration stages call it."""
+
+    def after_iter(self, runner) -> None:
+        """mmcv 1.x's generic stage: the train and the val iteration stages call it."""
+
+    def before_train_epoch(self, runner) -> None:
+        self.before_epoch(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        self.after_epoch(runner)
+
+    def before_train_iter(self, runner) -> None:
+        self.before_iter(runner)
+
+    def after_train_iter(self, runner) -> None:
+        self.after_iter(runner)
+
+    def before_val_epoch(self, runner) -> None:
+        self.before_epoch(runner)
+
+    def after_val_epoch(self, runner) -> None:
+        self.after_epoch(runner)
+
+    def before_val_iter(self, runner) -> None:
+        self.before_iter(runner)
+
+    def after_val_iter(self, runner) -> None:
+        self.after_iter(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """``checkpoint`` (``meta``, ``state_dict``, ``optimizer``) may be changed before it is written."""
+
+    def before_resume(self, runner, checkpoint: dict) -> None:
+        """Before the runner loads ``checkpoint`` into the model, optimizer and hooks."""
+
+    def log_val(self, runner, metrics: dict) -> None:
+        """Evaluation ``metrics`` of the current epoch / iteration (called on rank 0)."""
+
+    def state_dict(self) -> dict:
+        """Resumable state saved in ``meta['hook_states'][ClassName]``."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+from mixprec.registry import ConfigError
+
 _STATE_KEYS = ('mode', 'loss_scale', 'growth_factor', 'backoff_factor', 'growth_interval',
                'hysteresis', 'min_scale', 'max_scale', 'growth_tracker', 'hysteresis_left',
                'skipped_steps')
@@ -40,16 +42,16 @@ class LossScaler:
                  max_scale: float = 2.**24, scale_factor: Optional[float] = None,
                  scale_window: Optional[int] = None) -> None:
         if mode not in ('dynamic', 'static'):
-            raise ValueError(f"LossScaler mode must be 'dynamic' or 'static', got {mode!r}")
+            raise ConfigError(f"LossScaler mode must be 'dynamic' or 'static', got {mode!r}")
         if scale_factor is not None:
             growth_factor, backoff_factor = float(scale_factor), 1. / float(scale_factor)
         if scale_window is not None:
             growth_interval = scale_window
         if init_scale <= 0 or growth_factor < 1 or not 0 < backoff_factor < 1:
-            raise ValueError('LossScaler needs init_scale > 0, growth_factor >= 1 and '
+            raise ConfigError('LossScaler needs init_scale > 0, growth_factor >= 1 and '
                              f'0 < backoff_factor < 1, got {init_scale}, {growth_factor}, {backoff_factor}')
         if growth_interval < 1 or hysteresis < 1 or not 0 < min_scale <= max_scale:
-            raise ValueError('LossScaler needs growth_interval >= 1, hysteresis >= 1 and '
+            raise ConfigError('LossScaler needs growth_interval >= 1, hysteresis >= 1 and '
                              f'0 < min_scale <= max_scale, got {growth_interval}, {hysteresis}, '
                              f'{min_scale}, {max_scale}')
         self.mode = mode
@@ -142,5 +144,5 @@ def build_loss_scaler(loss_scale: Union[float, str, dict, None], default: Union[
         return LossScaler(**loss_scale)
     if isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
         return LossScaler(init_scale=float(loss_scale), mode='static')
-    raise ValueError(f"loss_scale must be a number, 'dynamic' or a dict of LossScaler arguments, "
+    raise ConfigError(f"loss_scale must be a number, 'dynamic' or a dict of LossScaler arguments, "
                      f'got {loss_scale!r}')

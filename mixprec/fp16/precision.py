@@ -146,8 +146,9 @@ def probe_conv_speedup(dtype: torch.dtype, rounds: int = 7) -> float:
 
     Both run once to warm up (oneDNN builds its kernels there), then alternately ``rounds`` times;
     the best time of each is kept, so other work on the machine delays both alike and only makes
-    single runs slower, never the best one faster."""
-    generator = torch.Generator().manual_seed(0)  # the global RNG stays untouched (exact resume)
+    single runs slower, never the best one faster. Its inputs come from a generator of its own: the
+    global random state is the training run's (a resumed run restores it before this runs)."""
+    generator = torch.Generator().manual_seed(0)
 
     def inputs(dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(1, 64, 64, 64, generator=generator).to(dt, memory_format=torch.channels_last)

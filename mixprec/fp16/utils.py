@@ -6,6 +6,8 @@ from typing import Any, Iterable, Optional, Union
 
 import torch
 
+from mixprec.registry import ConfigError
+
 from .precision import choose_dtype
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -25,14 +27,14 @@ def resolve_dtype(dtype: Union[str, torch.dtype], device: Union[str, torch.devic
     """
     if isinstance(dtype, torch.dtype):
         if dtype not in HALF_DTYPES:
-            raise ValueError(f'fp16 dtype must be float16 or bfloat16, got {dtype}')
+            raise ConfigError(f'fp16 dtype must be float16 or bfloat16, got {dtype}')
         return dtype
     if dtype == 'auto':
         if device is None:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         return choose_dtype(device).dtype
     if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"fp16 dtype must be one of 'float16', 'bfloat16', 'auto', got {dtype!r}")
+        raise ConfigError(f"fp16 dtype must be one of 'float16', 'bfloat16', 'auto', got {dtype!r}")
     return _DTYPE_NAMES[dtype]
 
 

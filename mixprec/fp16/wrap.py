@@ -167,7 +167,7 @@ def wrap_fp16_model(model: nn.Module, dtype: Union[str, torch.dtype] = torch.flo
     off inside them (autocast mode), their decorators stay inactive; their outputs are fp32.
     """
     if mode not in MODES:
-        raise ValueError(f'fp16 mode must be one of {MODES}, got {mode!r}')
+        raise ConfigError(f'fp16 mode must be one of {MODES}, got {mode!r}')
     if dtype == 'auto':
         first = next(model.parameters(), None)
         dtype = resolve_dtype('auto', first.device if first is not None else 'cpu')

@@ -3,7 +3,7 @@
 ``python mmcv1_side_by_side.py MMCV_ROOT OUT.pt`` with mmcv 1.7.2 (under MMCV_ROOT) and mixprec on
 the path. Every scenario runs mmcv's code and ours on identical inputs and returns plain data
 (tensors, strings, numbers, lists, dicts) under ``'mmcv'`` and ``'ours'``; the assertions are in
-``tests/test_fp16_mmcv1_compat.py``. The runners are mmcv's own ``EpochBasedRunner`` and
+``tests/fp16/test_mmcv1_compat.py``. The runners are mmcv's own ``EpochBasedRunner`` and
 ``IterBasedRunner``; they sleep 1-2 s around each epoch for their loggers, which nothing here needs,
 so their ``time.sleep`` is a no-op.
 """

@@ -15,6 +15,7 @@ KEYS = ['roi_head.bbox_head.fc_cls.weight', 'backbone.bn1.weight', 'backbone.bn1
 
 _RECORDER = '''"""A user's hook module (imported through custom_imports): records weights as a user would."""
 from mixprec.engine import Hook
+from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import HOOKS
 
 RECORDS = {}
@@ -23,9 +24,8 @@ RECORDS = {}
 def fp32_state(runner):
     module = getattr(runner.model, 'module', runner.model)
     for hook in runner.hooks:
-        masters = getattr(hook, '_masters', None)
-        if masters is not None:
-            return masters.fp32_state_dict(module)
+        if isinstance(hook, Fp16OptimizerHook):
+            return hook.fp32_state_dict(module)
     return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
 
 

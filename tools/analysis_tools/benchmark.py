@@ -49,7 +49,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Benchmark a detector: inference fps, or training s/iter and memory')
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint for inference (random weights without one)')
-    parser.add_argument('--fuse-conv-bn', action='store_true', help='fold BatchNorm into convs for inference')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='(mmdetection\'s option; always on) BatchNorm folds into the convolutions at inference')
     parser.add_argument('--repeat-num', type=int, default=1, help='repeat the inference measurement')
     parser.add_argument('--max-iter', type=int, default=50, help='inference iterations, warm-up included '
                                                                  '(0 with --train: no fps)')
@@ -157,20 +158,11 @@ def measure_fps(model: torch.nn.Module, loader, max_iter: int, warmup: int, log_
     return fps
 
 
-def maybe_fuse(model: torch.nn.Module, fuse: bool) -> torch.nn.Module:
-    """``model`` with BatchNorm folded into the convolutions when ``fuse``."""
-    if not fuse:
-        return model
-    from mixprec.apis.fuse import fuse_conv_bn
-    return fuse_conv_bn(model)
-
-
 def benchmark_inference(args: argparse.Namespace, cfg: Config) -> list[float]:
     """fps of ``--repeat-num`` measurements of the config's model (and checkpoint)."""
     device = default_device()
     loader = build_test_loader(cfg, args.samples_per_gpu)
-    model = maybe_fuse(init_detector(cfg, args.checkpoint, device=device, classes=loader.dataset.CLASSES),
-                       args.fuse_conv_bn)
+    model = init_detector(cfg, args.checkpoint, device=device, classes=loader.dataset.CLASSES)
     runs = [measure_fps(model, loader, args.max_iter, args.warmup, args.log_interval, device)
             for _ in range(args.repeat_num)]
     if len(runs) > 1:
@@ -292,8 +284,7 @@ def train_one_precision(args: argparse.Namespace, cfg: Config, precision: str) -
                   samples_per_gpu=samples)
     if args.max_iter:
         test_loader = build_test_loader(cfg, args.samples_per_gpu)
-        model = maybe_fuse(runner.model, args.fuse_conv_bn)
-        result['fps'] = measure_fps(model, test_loader, args.max_iter, args.warmup, args.log_interval, device)
+        result['fps'] = measure_fps(runner.model, test_loader, args.max_iter, args.warmup, args.log_interval, device)
     return result
 
 

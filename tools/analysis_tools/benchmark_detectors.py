@@ -9,8 +9,8 @@
 For each detector and each configuration, in a fresh subprocess (so peak memories do not mix):
 
 * ours: built from ``configs/_base_/models/<model>_r50_fpn.py`` (backbone ``init_cfg=None``), placed
-  on the device by ``place_model`` as ``tools/train.py`` and ``tools/test.py`` place it (channels_last
-  convolution weights on the CPU), trained the way the Runner trains it: ``model(**batch)``, ``parse_losses``, then the optimizer hook's
+  on the device by ``place_model`` as ``tools/train.py`` and ``tools/test.py`` place it (BatchNorm folding;
+  on the CPU channels_last convolution weights and the convolution routes), trained the way the Runner trains it: ``model(**batch)``, ``parse_losses``, then the optimizer hook's
   ``after_train_iter`` on a runner-like object: ``OptimizerHook`` (``fp32``),
   ``Fp16OptimizerHook(dtype, mode='master')`` (``master``) or ``mode='autocast'`` (``autocast``);
 * torchvision: ``FasterRCNN`` / ``MaskRCNN`` / ``RetinaNet`` on a ResNet-FPN backbone assembled as

@@ -1,7 +1,7 @@
 """Our detectors against mmdetection 3.x itself, for the same weights and input.
 
     python tools/analysis_tools/compare_mmdet.py --mmdet-python ~/.venvs/mmdet-ref/bin/python
-        [--models faster_rcnn mask_rcnn retinanet] [--size 384 448]
+        [--models faster_rcnn mask_rcnn retinanet] [--size 384 448] [--no-winograd]
 
 For each detector, mmdetection's own ``*_r50_fpn_1x_coco.py`` model is built in the environment of
 ``--mmdet-python`` (mmdetection 3.x with mmcv's compiled ops, such as the venv ``../shared/reference/``
@@ -14,7 +14,7 @@ Ours is then built from ``configs/_base_/models/<model>_r50_fpn.py``, loads that
 is placed as ``tools/train.py`` places it, and runs the same. One line per detector: detections matched
 (same label, IoU > 0.99) and the largest box / score difference, mask pixels that differ, the largest
 relative loss difference, and the median and worst relative L2 difference of the parameters'
-gradients. Run it with ``MIXPREC_WINOGRAD=0`` to compare the direct convolutions instead.
+gradients. ``--no-winograd`` compares the direct convolutions instead (``cpu_winograd=False``).
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--mmdet-python', default=sys.executable, metavar='PYTHON',
                         help="the Python of an environment with mmdetection 3.x and mmcv's compiled ops")
     parser.add_argument('--size', type=int, nargs=2, default=(384, 448), metavar=('H', 'W'))
+    parser.add_argument('--no-winograd', action='store_true',
+                        help='3x3 convolutions on PyTorch\'s kernel, not Winograd (cpu_winograd=False)')
     parser.add_argument('--mmdet-side', nargs=2, metavar=('MODEL', 'FILE'), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -102,7 +104,7 @@ def make_batch(args: argparse.Namespace, model_name: str) -> dict:
     return batch
 
 
-def build_ours(model_name: str, state: dict) -> torch.nn.Module:
+def build_ours(model_name: str, state: dict, winograd: bool = True) -> torch.nn.Module:
     from mixprec.config import load_config
     from mixprec.models import build_detector, place_model
     cfg = load_config(os.path.join(bench.ROOT, 'configs', '_base_', 'models', f'{model_name}_r50_fpn.py'))
@@ -113,7 +115,7 @@ def build_ours(model_name: str, state: dict) -> torch.nn.Module:
         model_cfg['train_cfg']['rcnn']['sampler']['num'] = 10 ** 6
     model = build_detector(model_cfg)
     model.load_state_dict(state, strict=True)
-    return place_model(model, torch.device('cpu'))
+    return place_model(model, torch.device('cpu'), winograd=winograd)
 
 
 def our_detections(model: torch.nn.Module, inputs: torch.Tensor, metas: list) -> list[dict]:
@@ -168,7 +170,7 @@ def compare_model(args: argparse.Namespace, model_name: str, workdir: str) -> tu
     if reason:
         return False, f'{model_name}: mmdetection side failed in {args.mmdet_python} ({reason})'
     ref = torch.load(path, weights_only=True)
-    model = build_ours(model_name, ref['state'])
+    model = build_ours(model_name, ref['state'], winograd=not args.no_winograd)
     data = bench.ours_inputs(ref['batch'])
     data['img'] = data['img'].contiguous(memory_format=torch.channels_last)
     det = compare_detections(ref['detections'], our_detections(model, data['img'], data['img_metas']))

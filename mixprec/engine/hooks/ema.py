@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from mixprec.checkpoint import unwrap_model
+from mixprec.fp16 import Fp16OptimizerHook
 from mixprec.registry import HOOKS, ConfigError
 from .hook import Hook
 
@@ -31,9 +32,8 @@ def ema_name(key: str) -> str:
 def _fp32_masters(runner) -> dict:
     """``{id(model parameter): fp32 master}`` of an Fp16OptimizerHook in master mode ({} otherwise)."""
     for hook in runner.hooks:
-        masters = getattr(hook, '_masters', None)
-        if masters is not None:
-            return masters.fp32_copies()
+        if isinstance(hook, Fp16OptimizerHook):
+            return hook.fp32_params()
     return {}
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mixprec.checkpoint import link_or_copy
-from mixprec.registry import HOOKS
+from mixprec.registry import HOOKS, ConfigError
 from ..dist_utils import broadcast_object, raise_if_any_rank_failed
 from ..rng import preserved_rng_state
 from .hook import Hook
@@ -38,7 +38,7 @@ class EvalHook(Hook):
                  save_best: Optional[str] = None, rule: Optional[str] = None, tmpdir: Optional[str] = None,
                  gpu_collect: bool = False, **eval_kwargs) -> None:
         if rule not in (None, 'greater', 'less'):
-            raise ValueError(f'evaluation.rule must be "greater" or "less", got {rule!r}')
+            raise ConfigError(f'evaluation.rule must be "greater" or "less", got {rule!r}')
         self.dataloader = dataloader
         self.start = start
         self.interval = interval
@@ -95,7 +95,7 @@ class EvalHook(Hook):
         """On every rank (a new best may need a checkpoint save, which all ranks join); files on rank 0."""
         key = next(iter(metrics)) if self.save_best == 'auto' else self.save_best
         if key not in metrics:
-            raise KeyError(f'evaluation.save_best={key!r} is not among the metrics: {", ".join(metrics)}')
+            raise ConfigError(f'evaluation.save_best={key!r} is not among the metrics: {", ".join(metrics)}')
         score = float(metrics[key])
         rule = self.rule or ('less' if 'loss' in key else 'greater')
         better = self.best_score is None or (score > self.best_score if rule == 'greater' else score < self.best_score)

@@ -1,7 +1,8 @@
-"""The hook interface: the runner calls these methods, in priority order, around each stage."""
+"""The training hooks' base class and priorities; the stages themselves are declared on ``HookBase``."""
 from __future__ import annotations
 
 from mixprec.fp16.hook_base import HookBase
+from mixprec.registry import ConfigError
 
 PRIORITIES = {
     'HIGHEST': 0, 'VERY_HIGH': 10, 'HIGH': 30, 'ABOVE_NORMAL': 40, 'NORMAL': 50,
@@ -13,12 +14,13 @@ def get_priority(priority: int | str) -> int:
     if isinstance(priority, int):
         return priority
     if priority not in PRIORITIES:
-        raise ValueError(f'hook priority must be an int or one of {", ".join(PRIORITIES)}, got {priority!r}')
+        raise ConfigError(f'hook priority must be an int or one of {", ".join(PRIORITIES)}, got {priority!r}')
     return PRIORITIES[priority]
 
 
 class Hook(HookBase):
-    """Base class: every method is a no-op; a hook overrides the stages it cares about.
+    """Base class of the training hooks: the stages of :class:`~mixprec.fp16.hook_base.HookBase`
+    (every one a no-op; a hook overrides those it needs), a default priority and schedule helpers.
 
     ``default_priority`` is where :meth:`Runner.register_hook` puts the hook when no priority is
     given. It is not called ``priority``: registration sets that attribute on the instance, and
@@ -27,46 +29,6 @@ class Hook(HookBase):
     """
 
     default_priority: int = PRIORITIES['NORMAL']
-
-    def before_run(self, runner) -> None:
-        pass
-
-    def after_run(self, runner) -> None:
-        pass
-
-    def before_train_epoch(self, runner) -> None:
-        pass
-
-    def after_train_epoch(self, runner) -> None:
-        pass
-
-    def before_train_iter(self, runner) -> None:
-        pass
-
-    def after_train_iter(self, runner) -> None:
-        pass
-
-    def before_val_epoch(self, runner) -> None:
-        pass
-
-    def after_val_epoch(self, runner) -> None:
-        pass
-
-    def before_val_iter(self, runner) -> None:
-        pass
-
-    def after_val_iter(self, runner) -> None:
-        pass
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        """Resumable state saved in ``meta['hook_states'][ClassName]``."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     @staticmethod
     def every_n_iters(runner, n: int) -> bool:

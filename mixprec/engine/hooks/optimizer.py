@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
+from mixprec.fp16.accumulation import window
 from mixprec.fp16.norm_stats import has_batch_norm
 from mixprec.registry import HOOKS, ConfigError
 from .hook import Hook
@@ -151,11 +152,9 @@ class GradientCumulativeOptimizerHook(OptimizerHook):
         return has_batch_norm(module)
 
     def _window(self, runner) -> tuple[int, bool, bool]:
-        """(loss divisor, first iteration of the window, last iteration of the window)."""
-        n, it, max_iters = self.cumulative_iters, runner.iter, runner.max_iters
-        tail_start = max_iters // n * n
-        divisor = max_iters - tail_start if it >= tail_start else n
-        return divisor, it % n == 0, (it + 1) % n == 0 or it + 1 >= max_iters
+        """(loss divisor, first, last iteration of the window) of the runner's iteration
+        (:func:`mixprec.fp16.accumulation.window`)."""
+        return window(runner.iter, self.cumulative_iters, getattr(runner, 'max_iters', None))
 
     def before_train_iter(self, runner) -> None:
         """At a window's start, release the gradients (see :class:`OptimizerHook`); under DDP, reduce

@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mixprec.checkpoint import extract_state_dict, load_file, load_state_dict
 from mixprec.registry import MODELS, ConfigError
 
-from .layers import build_norm_layer, conv_norm, conv_norm_seq
+from ..layers import build_norm_layer
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +53,25 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     @property
-    def last_norm(self) -> nn.Module:
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    @property
+    def norm2(self) -> nn.Module:
         return getattr(self, self.norm2_name)
 
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.norm2
+
+    def conv_norm_pairs(self) -> list[tuple[str, str]]:
+        """Each norm is applied to its conv's output and to nothing else (BatchNorm folding)."""
+        return [('conv1', self.norm1_name), ('conv2', self.norm2_name)]
+
     def _residual(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else conv_norm_seq(self.downsample, x)
-        out = self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x))
-        return conv_norm(self.conv2, getattr(self, self.norm2_name), out) + identity
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.norm1(self.conv1(x)))
+        return self.norm2(self.conv2(out)) + identity
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, inplanes, H, W] -> [B, planes, H / stride, W / stride]."""
@@ -102,14 +114,21 @@ class Bottleneck(BasicBlock):
         self.downsample = downsample
 
     @property
-    def last_norm(self) -> nn.Module:
+    def norm3(self) -> nn.Module:
         return getattr(self, self.norm3_name)
 
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.norm3
+
+    def conv_norm_pairs(self) -> list[tuple[str, str]]:
+        return super().conv_norm_pairs() + [('conv3', self.norm3_name)]
+
     def _residual(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else conv_norm_seq(self.downsample, x)
-        out = self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x))
-        out = self.relu(conv_norm(self.conv2, getattr(self, self.norm2_name), out))
-        return conv_norm(self.conv3, getattr(self, self.norm3_name), out) + identity
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.relu(self.norm2(self.conv2(out)))
+        return self.norm3(self.conv3(out)) + identity
 
 
 ARCH_SETTINGS = {
@@ -322,9 +341,17 @@ class ResNet(nn.Module):
             return
         init_resnet_weights(self, self.zero_init_residual)
 
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    def conv_norm_pairs(self) -> list[tuple[str, str]]:
+        """The stem's norm is applied to its conv's output and to nothing else (BatchNorm folding)."""
+        return [('conv1', self.norm1_name)]
+
     def _freeze_stages(self) -> None:
         if self.frozen_stages >= 0:
-            for m in (self.conv1, getattr(self, self.norm1_name)):
+            for m in (self.conv1, self.norm1):
                 m.eval()
                 for param in m.parameters():
                     param.requires_grad = False
@@ -347,7 +374,7 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """x [B, C, H, W] -> feature maps of ``out_indices``, [B, out_channels[i], H / s_i, W / s_i]
         with s_i = 4 * strides[0] * ... * strides[i]."""
-        x = self.maxpool(self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x)))
+        x = self.maxpool(self.relu(self.norm1(self.conv1(x))))
         outs = []
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)

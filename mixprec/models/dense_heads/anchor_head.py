@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16, force_fp32
-from mixprec.models.task_modules.bbox_ops import batched_nms, check_gt_labels
-from mixprec.registry import MODELS, TASK_UTILS
+from mixprec.models.task_modules.bbox_ops import check_gt_labels
+from mixprec.ops import batched_nms
+from mixprec.registry import MODELS, TASK_UTILS, ConfigError, required
 
 # Losses that weigh every anchor themselves, so no sampling happens (mmdetection's rule).
 _NO_SAMPLING_LOSSES = ('FocalLoss', 'GHMC', 'QualityFocalLoss')
@@ -59,7 +60,7 @@ class AnchorHead(nn.Module):
         self.sampling = loss_cls['type'] not in _NO_SAMPLING_LOSSES
         self.anchor_generator = TASK_UTILS.build(anchor_generator)
         if len(set(self.anchor_generator.num_base_anchors)) != 1:
-            raise ValueError('AnchorHead needs the same number of anchors at every level')
+            raise ConfigError('AnchorHead needs the same number of anchors at every level')
         self.num_anchors = self.anchor_generator.num_base_anchors[0]
         self.bbox_coder = TASK_UTILS.build(bbox_coder)
         self.loss_cls = MODELS.build(loss_cls)
@@ -67,11 +68,11 @@ class AnchorHead(nn.Module):
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         if train_cfg is not None:
-            self.assigner = TASK_UTILS.build(train_cfg['assigner'])
+            self.assigner = TASK_UTILS.build(required(train_cfg, 'assigner', f'{type(self).__name__} train_cfg'))
             sampler_cfg = train_cfg.get('sampler') if self.sampling else None
             self.sampler = TASK_UTILS.build(sampler_cfg or dict(type='PseudoSampler'))
             if getattr(self.sampler, 'add_gt_as_proposals', False):
-                raise ValueError('dense heads sample anchors only: set the sampler\'s add_gt_as_proposals=False')
+                raise ConfigError('dense heads sample anchors only: set the sampler\'s add_gt_as_proposals=False')
 
     def forward_single(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.models.backbones.layers import ConvModule, run_conv
-from mixprec.registry import MODELS
+from mixprec.models.layers import ConvModule
+from mixprec.registry import MODELS, ConfigError
 
 from .anchor_head import AnchorHead, flatten_level, img_shapes, nms_per_image, scale_factors
 
@@ -31,7 +31,7 @@ class RetinaHead(AnchorHead):
                  test_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None,
                  reg_decoded_bbox: bool = False) -> None:
         if init_cfg is not None:
-            raise ValueError('RetinaHead initialises itself (normal std 0.01, prior 0.01); init_cfg must be None')
+            raise ConfigError('RetinaHead initialises itself (normal std 0.01, prior 0.01); init_cfg must be None')
         super().__init__(
             num_classes=num_classes, in_channels=in_channels, feat_channels=feat_channels,
             anchor_generator=anchor_generator or dict(type='AnchorGenerator', octave_base_scale=4,
@@ -43,7 +43,7 @@ class RetinaHead(AnchorHead):
             loss_bbox=loss_bbox or dict(type='L1Loss', loss_weight=1.0),
             train_cfg=train_cfg, test_cfg=test_cfg, reg_decoded_bbox=reg_decoded_bbox)
         if not self.use_sigmoid_cls:
-            raise ValueError('RetinaHead needs a sigmoid classification loss (use_sigmoid=True)')
+            raise ConfigError('RetinaHead needs a sigmoid classification loss (use_sigmoid=True)')
         self.stacked_convs = stacked_convs
         relu = dict(type='ReLU')
         self.cls_convs = nn.ModuleList(
@@ -72,7 +72,7 @@ class RetinaHead(AnchorHead):
         reg_feat = x
         for conv in self.reg_convs:
             reg_feat = conv(reg_feat)
-        return run_conv(self.retina_cls, cls_feat), run_conv(self.retina_reg, reg_feat)
+        return self.retina_cls(cls_feat), self.retina_reg(reg_feat)
 
     @force_fp32(apply_to=('cls_scores', 'bbox_preds'))
     def get_bboxes(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], img_metas: list[dict],

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.models.backbones.layers import run_conv
-from mixprec.registry import MODELS
+from mixprec.registry import MODELS, ConfigError
 
 from .anchor_head import AnchorHead, flatten_level, img_shapes, nms_per_image, scale_factors
 
@@ -30,7 +29,7 @@ class RPNHead(AnchorHead):
                  test_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None,
                  reg_decoded_bbox: bool = False) -> None:
         if init_cfg is not None:
-            raise ValueError('RPNHead initialises itself (normal std 0.01); init_cfg must be None')
+            raise ConfigError('RPNHead initialises itself (normal std 0.01); init_cfg must be None')
         super().__init__(
             num_classes=1, in_channels=in_channels, feat_channels=feat_channels,
             anchor_generator=anchor_generator or dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
@@ -52,7 +51,7 @@ class RPNHead(AnchorHead):
             nn.init.zeros_(conv.bias)
 
     def forward_single(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = F.relu(run_conv(self.rpn_conv, x), inplace=True)
+        x = F.relu(self.rpn_conv(x), inplace=True)
         return self.rpn_cls(x), self.rpn_reg(x)
 
     @force_fp32(apply_to=('cls_scores', 'bbox_preds'))

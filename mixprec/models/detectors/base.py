@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16
+from mixprec.registry import ConfigError
 
 
 class BaseDetector(nn.Module):
@@ -26,7 +27,7 @@ class BaseDetector(nn.Module):
     def __init__(self, init_cfg: Optional[dict] = None) -> None:
         super().__init__()
         if init_cfg is not None:
-            raise ValueError('detectors initialise their parts themselves; the detector init_cfg must be None '
+            raise ConfigError('detectors initialise their parts themselves; the detector init_cfg must be None '
                              '(use the backbone init_cfg for pretrained weights)')
         self.fp16_enabled = False
 

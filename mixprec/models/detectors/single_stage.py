@@ -7,7 +7,7 @@ import numpy as np
 from torch import Tensor
 
 from mixprec.models.task_modules.bbox_ops import bbox2result
-from mixprec.registry import MODELS
+from mixprec.registry import MODELS, ConfigError
 
 from .base import BaseDetector
 
@@ -28,7 +28,7 @@ class SingleStageDetector(BaseDetector):
                  pretrained: Optional[str] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         if bbox_head is None:
-            raise ValueError(f'{type(self).__name__} needs a bbox_head config')
+            raise ConfigError(f'{type(self).__name__} needs a bbox_head config')
         backbone = dict(backbone)
         if pretrained is not None:
             backbone['init_cfg'] = dict(type='Pretrained', checkpoint=pretrained)

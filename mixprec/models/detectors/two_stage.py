@@ -5,7 +5,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from mixprec.registry import MODELS
+from mixprec.registry import MODELS, required
 
 from .base import BaseDetector
 
@@ -40,21 +40,18 @@ class TwoStageDetector(BaseDetector):
         if neck is not None:
             self.neck = MODELS.build(neck)
         if rpn_head is not None:
-            rpn_head = dict(rpn_head, train_cfg=train_cfg['rpn'] if train_cfg is not None else None,
-                            test_cfg=test_cfg['rpn'] if test_cfg is not None else None)
-            self.rpn_head = MODELS.build(rpn_head)
+            self.rpn_head = MODELS.build(dict(rpn_head, **self._part_cfgs('rpn')))
         if roi_head is not None:
-            roi_head = dict(roi_head, train_cfg=train_cfg['rcnn'] if train_cfg is not None else None,
-                            test_cfg=test_cfg['rcnn'] if test_cfg is not None else None)
-            self.roi_head = MODELS.build(roi_head)
+            self.roi_head = MODELS.build(dict(roi_head, **self._part_cfgs('rcnn')))
+
+    def _part_cfgs(self, part: str) -> dict:
+        """``train_cfg`` / ``test_cfg`` of a head: the detector's ``part`` ('rpn' or 'rcnn') sections."""
+        return {key: None if cfg is None else required(cfg, part, f'model.{key}')
+                for key, cfg in (('train_cfg', self.train_cfg), ('test_cfg', self.test_cfg))}
 
     @property
     def with_rpn(self) -> bool:
         return hasattr(self, 'rpn_head')
-
-    @property
-    def with_roi_head(self) -> bool:
-        return hasattr(self, 'roi_head')
 
     def forward_train(self, img: Tensor, img_metas: list[dict], gt_bboxes: list[Tensor],
                       gt_labels: list[Tensor], gt_bboxes_ignore: Optional[list[Tensor]] = None,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.registry import MODELS
+from mixprec.registry import MODELS, ConfigError
 
 from .utils import check_reduction, weight_reduce_loss
 
@@ -81,7 +81,7 @@ class CrossEntropyLoss(nn.Module):
                  class_weight: Optional[Sequence[float]] = None, loss_weight: float = 1.0) -> None:
         super().__init__()
         if use_sigmoid and use_mask:
-            raise ValueError('CrossEntropyLoss: use_sigmoid and use_mask are exclusive')
+            raise ConfigError('CrossEntropyLoss: use_sigmoid and use_mask are exclusive')
         self.use_sigmoid = use_sigmoid
         self.use_mask = use_mask
         self.reduction = reduction

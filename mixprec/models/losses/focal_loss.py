@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.registry import MODELS
+from mixprec.registry import MODELS, ConfigError
 
 from .cross_entropy_loss import expand_onehot_labels
 from .utils import check_reduction, weight_reduce_loss
@@ -77,7 +77,7 @@ class FocalLoss(nn.Module):
                  reduction: str = 'mean', loss_weight: float = 1.0) -> None:
         super().__init__()
         if not use_sigmoid:
-            raise ValueError('FocalLoss: only the sigmoid form (use_sigmoid=True) is implemented')
+            raise ConfigError('FocalLoss: only the sigmoid form (use_sigmoid=True) is implemented')
         self.use_sigmoid = use_sigmoid
         self.gamma = gamma
         self.alpha = alpha

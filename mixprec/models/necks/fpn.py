@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16
-from mixprec.models.backbones.layers import ConvModule
-from mixprec.registry import MODELS
+from mixprec.models.layers import ConvModule
+from mixprec.registry import MODELS, ConfigError
 
 
 @MODELS.register_module()
@@ -48,17 +48,17 @@ class FPN(nn.Module):
         elif 0 <= end_level < num_ins:
             self.backbone_end_level = end_level + 1
         else:
-            raise ValueError(f'FPN end_level must be -1 or in [0, {num_ins}), got {end_level}')
+            raise ConfigError(f'FPN end_level must be -1 or in [0, {num_ins}), got {end_level}')
         if not 0 <= start_level < self.backbone_end_level:
-            raise ValueError(f'FPN start_level {start_level} must be below the end level')
+            raise ConfigError(f'FPN start_level {start_level} must be below the end level')
         if num_outs < self.backbone_end_level - start_level:
-            raise ValueError(f'FPN num_outs {num_outs} is fewer than the {self.backbone_end_level - start_level} '
+            raise ConfigError(f'FPN num_outs {num_outs} is fewer than the {self.backbone_end_level - start_level} '
                              'backbone levels used')
         self.start_level = start_level
         if add_extra_convs is True:
             add_extra_convs = 'on_input'
         if add_extra_convs not in (False, 'on_input', 'on_lateral', 'on_output'):
-            raise ValueError("FPN add_extra_convs must be False, True, 'on_input', 'on_lateral' or 'on_output', "
+            raise ConfigError("FPN add_extra_convs must be False, True, 'on_input', 'on_lateral' or 'on_output', "
                              f'got {add_extra_convs!r}')
         self.add_extra_convs = add_extra_convs
 

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixprec.fp16 import auto_fp16, force_fp32
-from mixprec.models.backbones.layers import run_conv
 from mixprec.models.task_modules.mask_ops import mask_target, paste_masks_in_image
 from mixprec.registry import MODELS
 
@@ -21,7 +20,7 @@ class ConvReLU(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(run_conv(self.conv, x))
+        return F.relu(self.conv(x))
 
 
 @MODELS.register_module()

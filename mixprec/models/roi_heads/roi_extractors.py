@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.fp16 import force_fp32
-from mixprec.models.task_modules.roi_align import roi_align_levels
+from mixprec.ops import roi_align_levels
 from mixprec.registry import MODELS, ConfigError
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from mixprec.models.task_modules.bbox_ops import bbox2result, bbox2roi
-from mixprec.registry import MODELS, TASK_UTILS, ConfigError
+from mixprec.registry import MODELS, TASK_UTILS, ConfigError, required
 
 
 @MODELS.register_module()
@@ -47,11 +47,12 @@ class StandardRoIHead(nn.Module):
                                        else MODELS.build(mask_roi_extractor))
             self.mask_head = MODELS.build(mask_head)
         if train_cfg is not None:
-            self.bbox_assigner = TASK_UTILS.build(train_cfg['assigner'])
+            self.bbox_assigner = TASK_UTILS.build(required(train_cfg, 'assigner', 'StandardRoIHead train_cfg'))
+            sampler = required(train_cfg, 'sampler', 'StandardRoIHead train_cfg')
             # loss-based samplers (OHEMSampler) rank boxes with this head, as in mmdetection v2
-            sampler_cls = TASK_UTILS.get(train_cfg['sampler'].get('type'))
+            sampler_cls = TASK_UTILS.get(sampler.get('type')) if isinstance(sampler, dict) else None
             context = dict(context=self) if getattr(sampler_cls, 'needs_context', False) else None
-            self.bbox_sampler = TASK_UTILS.build(train_cfg['sampler'], default_args=context)
+            self.bbox_sampler = TASK_UTILS.build(sampler, default_args=context)
 
     @property
     def with_mask(self) -> bool:

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from mixprec.registry import TASK_UTILS
+from mixprec.registry import TASK_UTILS, ConfigError
 
 Stride = Union[int, Sequence[int]]
 
@@ -44,14 +44,14 @@ class AnchorGenerator:
                  octave_base_scale: Optional[float] = None,
                  scales_per_octave: Optional[int] = None, center_offset: float = 0.) -> None:
         if not 0 <= center_offset <= 1:
-            raise ValueError(f'center_offset must be in [0, 1], got {center_offset}')
+            raise ConfigError(f'center_offset must be in [0, 1], got {center_offset}')
         self.strides = [_pair(s) for s in strides]
         self.base_sizes = list(base_sizes) if base_sizes is not None else [s[0] for s in self.strides]
         if len(self.base_sizes) != len(self.strides):
-            raise ValueError(f'base_sizes ({len(self.base_sizes)}) and strides ({len(self.strides)}) '
+            raise ConfigError(f'base_sizes ({len(self.base_sizes)}) and strides ({len(self.strides)}) '
                              'must have the same length')
         if (scales is None) == (octave_base_scale is None or scales_per_octave is None):
-            raise ValueError('give either scales or both octave_base_scale and scales_per_octave')
+            raise ConfigError('give either scales or both octave_base_scale and scales_per_octave')
         if scales is not None:
             self.scales = torch.tensor(scales, dtype=torch.float32)
         else:

@@ -1,0 +1,8 @@
+"""Pieces of the multi-process (torchrun, gloo) tests."""
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
