@@ -23,8 +23,9 @@ model = dict(
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
 fp16 = dict(dtype='auto', mode='master')
 data = dict(samples_per_gpu=8, workers_per_gpu=1)
-# one intra-op thread for the model, one core for the data worker: two threads beside a busy worker
-# make OpenMP spin on a 2-core CPU and run many times slower
+# one intra-op thread for the model, one core for the data worker: steady on a 2-core CPU that also
+# runs other work, where two OpenMP threads beside the worker wait on each other and run many times
+# slower; on an idle machine cpu_threads=2 is faster (README, 'What the main job reaches')
 cpu_threads = 1
 # lr 0.03 for 8 images a batch: at 0.04 one seed in three wandered off mid-training (box AP 0.27 against
 # 0.61-0.66); at 0.03 seeds 0-2 give 0.58-0.63 (README, 'What the main job reaches')
