@@ -2,7 +2,6 @@
 fp16 hook's master weights, GradientCumulativeOptimizerHook against one step over the concatenated
 batch, and tools/train.py with a paramwise config, a directly given Fp16OptimizerHook and schedules."""
 import glob
-import importlib.util
 import json
 import logging
 import math
@@ -15,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from helpers.fp16 import TinyNet, batches, make_runner, run as drive_fp16
-from helpers.tiny import ROOT, write_tiny_config
+from helpers.tiny import write_tiny_config
+from helpers.tool_runs import load_tool
 from helpers.toy import toy_collate
 from mixprec.engine import Hook, Runner
 from mixprec.engine.optimizer import build_optimizer
@@ -308,10 +308,7 @@ momentum_config = dict(policy='CosineAnnealing', by_epoch=False, min_momentum_ra
     config = write_tiny_config(str(tmp_path), base='configs/shapes/faster_rcnn_r18_fpn_bf16_shapes.py', epochs=1,
                                num_train=8, img_size=64, extra=extra)
     work_dir = str(tmp_path / 'work')
-    spec = importlib.util.spec_from_file_location('train_tool', os.path.join(ROOT, 'tools', 'train.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([config, '--work-dir', work_dir, '--seed', '0', '--no-validate'])
+    load_tool('tools/train.py').main([config, '--work-dir', work_dir, '--seed', '0', '--no-validate'])
 
     def schedule(base, k, total):
         regular = base * 0.01 + 0.5 * (base - base * 0.01) * (1 + math.cos(math.pi * k / total))

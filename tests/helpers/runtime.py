@@ -1,13 +1,13 @@
 """tools/train.py in-process on tiny shapes configs, and a user hook module that records the fp32 weights."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
 import torch
 
-from helpers.tiny import ROOT, write_tiny_config
+from helpers.tiny import write_tiny_config
+from helpers.tool_runs import load_tool
 
 FASTER = 'configs/shapes/faster_rcnn_r18_fpn_bf16_shapes.py'
 # a parameter in half in master mode, a norm parameter (fp32 there), a buffer
@@ -72,10 +72,7 @@ def recorder_cfg(module: str) -> str:
 
 
 def load_train_tool():
-    spec = importlib.util.spec_from_file_location('mixprec_train_tool', os.path.join(ROOT, 'tools', 'train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/train.py')
 
 
 def train(folder: str, extra: str, *args: str, epochs: int = 2, base: str = FASTER, **tiny):

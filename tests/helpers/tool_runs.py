@@ -1,14 +1,27 @@
-"""The tools (``tools/train.py``, ``tools/test.py``...) run in subprocesses, as a user runs them, and the one
-error line they print."""
+"""The tools (``tools/train.py``, ``tools/test.py``...) imported as modules, or run in subprocesses as a
+user runs them, and the one error line they print."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+import types
 from typing import Optional
 
 from helpers.tiny import ROOT
+
+
+def load_tool(path: str) -> types.ModuleType:
+    """The tool script at ``path`` (relative to the repository root) imported as a new module, registered in
+    ``sys.modules`` as ``tool_<path>`` so that its dataclasses and pickled objects resolve."""
+    name = 'tool_' + re.sub(r'\W', '_', path)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tool_env(*paths: str, **extra: str) -> dict:

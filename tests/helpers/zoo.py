@@ -8,7 +8,6 @@ era) are downloaded once with ``pip download --no-deps`` into ``$MIXPREC_TEST_CA
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import os.path as osp
 import shutil
@@ -17,6 +16,8 @@ import sys
 import zipfile
 
 import pytest
+
+from helpers.tool_runs import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 VERSIONS = ('2.28.2', '2.18.0')
@@ -74,8 +75,4 @@ def mmdet_configs() -> tuple[str, str]:
 
 def check_tool():
     """tools/analysis_tools/check_mmdet_zoo.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        'check_mmdet_zoo', osp.join(ROOT, 'tools', 'analysis_tools', 'check_mmdet_zoo.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/analysis_tools/check_mmdet_zoo.py')

@@ -3,7 +3,6 @@ benchmark detectors as measured before the passes existed; a folded norm passes 
 own conv folded it into, in its own thread; whole-model copies stay folded, a conv copied or pickled alone
 does not fold a hidden norm."""
 import copy
-import importlib.util
 import io
 import logging
 import os
@@ -14,20 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.tiny import ROOT
+from helpers.tool_runs import load_tool
 from mixprec.models import place_model
 from mixprec.models.backbones.resnet import ResNet
 from mixprec.models.fast_conv import fold_batchnorms, use_fast_convs
 from mixprec.models.layers import ConvModule
 from mixprec.ops import winograd
 from helpers.weights import randomise_
-
-
-def load_tool(path: str):
-    spec = importlib.util.spec_from_file_location('tool_benchmark_detectors', os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def count_calls(monkeypatch, owner, name: str) -> list:

@@ -1,5 +1,4 @@
 """tools/analysis_tools/analyze_logs.py on mmdetection v2's log.json and on logs our JsonLoggerHook writes."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from helpers.tiny import ROOT
+from helpers.tool_runs import load_tool
 from helpers.toy import ToyModel, toy_loader
 from mixprec.engine import Runner
 from mixprec.engine.hooks import IterTimerHook, JsonLoggerHook
@@ -20,15 +20,7 @@ TOOL = os.path.join(ROOT, 'tools/analysis_tools/analyze_logs.py')
 MMDET_LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mmdet_v2_log.json')
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('analyze_logs', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-al = _load_tool()
+al = load_tool('tools/analysis_tools/analyze_logs.py')
 
 
 def write_lines(path, records):

@@ -1,6 +1,5 @@
 """tools/analysis_tools/benchmark.py: inference fps and fp32-vs-mixed training on a tiny shapes Faster R-CNN
 (gpu_check.sh is tested in test_gpu_check.py)."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,6 +8,7 @@ import sys
 import pytest
 
 from helpers.tiny import ROOT
+from helpers.tool_runs import load_tool
 from mixprec.config import load_config
 from mixprec.data import make_shapes_dataset
 from mixprec.fp16.precision import describe_device
@@ -20,15 +20,7 @@ BASES = [os.path.join(ROOT, 'configs/_base_', p) for p in
 NUMBER = r'(\d+\.\d+)'
 
 
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load(BENCHMARK, 'benchmark')
+benchmark = load_tool('tools/analysis_tools/benchmark.py')
 
 TINY_MODEL = """
 model = dict(

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from helpers.tiny import ROOT
+from helpers.tool_runs import load_tool
 
 TOOL = os.path.join(ROOT, 'tools', 'analysis_tools', 'benchmark_detectors.py')
 ROW = re.compile(r'^(\w+)\s+\|\s+(ours|torchvision)\s+\|\s+(\S+)\s+\|\s+(\S+)\s+\|\s+(\S+)\s+\|\s+(\S+)')
@@ -56,13 +57,6 @@ def test_tiny_retinanet_table(tmp_path):
     assert abs(params['ours'] - params['torchvision']) / params['ours'] < 0.1, params
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('benchmark_detectors', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def row(impl: str, mode: str, wall: float, cpu: float, peak: float, predict: bool = False) -> dict:
     label = mode if mode == 'fp32' else f'bf16-{mode}'
     return dict(model='faster_rcnn', impl=impl, mode=mode, label=label, s_per_iter=wall, cpu_s_per_iter=cpu,
@@ -70,7 +64,7 @@ def row(impl: str, mode: str, wall: float, cpu: float, peak: float, predict: boo
 
 
 def test_target_ratios_pick_the_best_row_of_each_side():
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/benchmark_detectors.py')
     rows = [row('ours', 'fp32', 6.0, 6.2, 1900), row('ours', 'master', 3.0, 3.3, 2100),
             row('ours', 'autocast', 3.5, 3.1, 2000), row('torchvision', 'fp32', 10.0, 7.0, 2000),
             row('torchvision', 'autocast', 5.0, 5.0, 2100)]

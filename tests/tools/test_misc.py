@@ -1,5 +1,4 @@
 """tools/misc/print_config.py and tools/misc/browse_dataset.py on a tiny generated shapes dataset."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers.tiny import ROOT
+from helpers.tool_runs import load_tool
 from mixprec.config import load_config
 from mixprec.data import build_dataset, make_shapes_dataset
 
@@ -18,15 +18,7 @@ SHAPES_BASE = os.path.join(ROOT, 'configs/_base_/datasets/shapes_instance.py')
 SCHEDULE_BASE = os.path.join(ROOT, 'configs/_base_/schedules/schedule_1x.py')
 
 
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-browse_dataset = _load(BROWSE, 'browse_dataset')
+browse_dataset = load_tool('tools/misc/browse_dataset.py')
 
 
 @pytest.fixture(scope='module')

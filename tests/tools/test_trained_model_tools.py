@@ -4,7 +4,6 @@ computed here from the checkpoint."""
 import argparse
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import pickle
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from helpers.tiny import ROOT
+from helpers.tool_runs import load_tool
 from helpers.trained import gt_instances, model, reference, trained  # noqa: F401 (fixtures)
 from mixprec.apis import inference_detector, init_detector
 from mixprec.checkpoint import CheckpointError, load_checkpoint
@@ -29,13 +29,6 @@ from mixprec.registry import ConfigError
 from mixprec.visualization import show_result
 
 pytestmark = pytest.mark.slow
-
-
-def load_tool(path: str):
-    spec = importlib.util.spec_from_file_location('tool_' + re.sub(r'\W', '_', path), os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TEST = load_tool('tools/test.py')
